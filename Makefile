@@ -1,0 +1,34 @@
+# The README's two commands are `make up` and `make test`; each installs what
+# it needs on first run (scripts/bootstrap, then the Go builds, cached outside
+# the repository).
+VENV := .venv/bin
+
+.PHONY: up down test lint unit build crds bootstrap
+
+up: bootstrap
+	$(VENV)/ds01 dev up
+
+down: bootstrap
+	$(VENV)/ds01 dev down
+
+test: lint build
+	$(VENV)/python -m pytest
+
+unit: bootstrap
+	$(VENV)/python -m pytest tests/unit
+
+lint: bootstrap
+	$(VENV)/ruff check controller tests
+	$(VENV)/ruff format --check controller tests
+	$(VENV)/mypy
+	$(VENV)/lint-imports
+	$(VENV)/ds01 crds check
+
+build: bootstrap
+	$(VENV)/ds01 dev build
+
+crds: bootstrap
+	$(VENV)/ds01 crds render
+
+bootstrap:
+	@scripts/bootstrap

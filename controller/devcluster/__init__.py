@@ -1,0 +1,1 @@
+"""The embedded local default: a real control plane built from the Go module proxy."""

@@ -1,0 +1,145 @@
+"""Build the control-plane binaries from the Go module proxy, once per version.
+
+The versions come from the wrapper modules' go.mod files in ``tools/`` (one
+source of truth). Binaries land in a cache outside the repository, keyed by
+version, and are rebuilt only when missing. A build goes to a temporary folder
+and is renamed into place, under a file lock, so an interrupted or concurrent
+build never leaves a half-written binary that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kubectl", "kube-scheduler")
+
+
+def source_root() -> Path:
+    """The repository checkout this package runs from (where ``tools/`` lives)."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "tools" / "k8s" / "go.mod").is_file():
+        raise RuntimeError(
+            f"tools/k8s/go.mod not found under {root}: the local control plane is built "
+            "from the Go wrapper modules of a source checkout; install with `pip install -e .`"
+        )
+    return root
+
+
+def cache_root() -> Path:
+    """Where built binaries are kept: $DS01_CACHE_DIR, else $XDG_CACHE_HOME/ds01-controller."""
+    if explicit := os.environ.get("DS01_CACHE_DIR"):
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ds01-controller"
+
+
+def _required_version(go_mod: Path, module: str) -> str:
+    match = re.search(rf"^\s*(?:require\s+)?{re.escape(module)}\s+(v\S+)", go_mod.read_text(), re.M)
+    if not match:
+        raise RuntimeError(f"{go_mod}: no requirement on {module}")
+    return match.group(1)
+
+
+@dataclass(frozen=True)
+class Binaries:
+    """Paths of the built control-plane binaries."""
+
+    kubernetes_version: str
+    etcd_version: str
+    kubernetes_dir: Path
+    etcd_dir: Path
+
+    @property
+    def kube_apiserver(self) -> Path:
+        return self.kubernetes_dir / "kube-apiserver"
+
+    @property
+    def kube_controller_manager(self) -> Path:
+        return self.kubernetes_dir / "kube-controller-manager"
+
+    @property
+    def kube_scheduler(self) -> Path:
+        return self.kubernetes_dir / "kube-scheduler"
+
+    @property
+    def kubectl(self) -> Path:
+        return self.kubernetes_dir / "kubectl"
+
+    @property
+    def etcd(self) -> Path:
+        return self.etcd_dir / "etcd"
+
+    def missing(self) -> list[Path]:
+        paths = [self.kubernetes_dir / c for c in KUBERNETES_COMMANDS] + [self.etcd]
+        return [p for p in paths if not os.access(p, os.X_OK)]
+
+
+def planned() -> Binaries:
+    """Where the binaries for the pinned versions are, built or not."""
+    tools = source_root() / "tools"
+    k8s = _required_version(tools / "k8s" / "go.mod", "k8s.io/kubernetes")
+    etcd = _required_version(tools / "etcd" / "go.mod", "go.etcd.io/etcd/server/v3")
+    cache = cache_root() / "bin"
+    return Binaries(k8s, etcd, cache / f"kubernetes-{k8s}", cache / f"etcd-{etcd}")
+
+
+def _go_build(module_dir: Path, packages: list[str], out: Path, ldflags: str) -> None:
+    go = shutil.which("go")
+    if go is None:
+        raise RuntimeError("the Go toolchain is needed to build the control plane: `go` not found")
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly -buildvcs=false"}
+    command = [go, "build", "-trimpath", "-ldflags", ldflags, "-o", f"{out}/", *packages]
+    print(f"building {', '.join(p.rsplit('/', 1)[-1] for p in packages)} ...", file=sys.stderr)
+    subprocess.run(command, cwd=module_dir, env=env, check=True)
+
+
+def _build_into(final: Path, build: Callable[[Path], None]) -> None:
+    staging = final.with_name(final.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    build(staging)
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+
+
+def ensure() -> Binaries:
+    """Build whatever is missing and return the binaries' paths."""
+    binaries = planned()
+    if not binaries.missing():
+        return binaries
+    tools = source_root() / "tools"
+    cache = binaries.kubernetes_dir.parent
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if any(p.parent == binaries.kubernetes_dir for p in binaries.missing()):
+            version = binaries.kubernetes_version
+            major, minor = version.lstrip("v").split(".")[:2]
+            base = "k8s.io/component-base/version"
+            ldflags = (
+                f"-s -w -X {base}.gitVersion={version} -X {base}.gitMajor={major} "
+                f"-X {base}.gitMinor={minor} -X {base}.gitTreeState=clean "
+                f"-X k8s.io/client-go/pkg/version.gitVersion={version}"
+            )
+            packages = [f"k8s.io/kubernetes/cmd/{c}" for c in KUBERNETES_COMMANDS]
+            _build_into(
+                binaries.kubernetes_dir,
+                lambda out: _go_build(tools / "k8s", packages, out, ldflags),
+            )
+        if binaries.etcd in binaries.missing():
+            _build_into(
+                binaries.etcd_dir,
+                lambda out: _go_build(tools / "etcd", ["go.etcd.io/etcd/server/v3"], out, "-s -w"),
+            )
+            (binaries.etcd_dir / "v3").rename(binaries.etcd)
+    if still := binaries.missing():
+        raise RuntimeError(f"build finished but these are missing: {still}")
+    return binaries
