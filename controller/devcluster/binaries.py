@@ -92,11 +92,13 @@ def planned() -> Binaries:
 
 
 def _go_build(module_dir: Path, packages: list[str], out: Path, ldflags: str) -> None:
+    """Build ``packages``; ``out`` is a folder for several, the binary's path for one."""
     go = shutil.which("go")
     if go is None:
         raise RuntimeError("the Go toolchain is needed to build the control plane: `go` not found")
     env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly -buildvcs=false"}
-    command = [go, "build", "-trimpath", "-ldflags", ldflags, "-o", f"{out}/", *packages]
+    target = f"{out}/" if len(packages) > 1 else str(out)
+    command = [go, "build", "-trimpath", "-ldflags", ldflags, "-o", target, *packages]
     print(f"building {', '.join(p.rsplit('/', 1)[-1] for p in packages)} ...", file=sys.stderr)
     subprocess.run(command, cwd=module_dir, env=env, check=True)
 
@@ -137,9 +139,10 @@ def ensure() -> Binaries:
         if binaries.etcd in binaries.missing():
             _build_into(
                 binaries.etcd_dir,
-                lambda out: _go_build(tools / "etcd", ["go.etcd.io/etcd/server/v3"], out, "-s -w"),
+                lambda out: _go_build(
+                    tools / "etcd", ["go.etcd.io/etcd/server/v3"], out / "etcd", "-s -w"
+                ),
             )
-            (binaries.etcd_dir / "v3").rename(binaries.etcd)
     if still := binaries.missing():
         raise RuntimeError(f"build finished but these are missing: {still}")
     return binaries
