@@ -70,7 +70,7 @@ class GrantPlacement(Model):
     ) = None
     """Labels a node must carry to be chosen."""
     reserve: bool = False
-    """Hold concrete devices for the whole window, so they are free when the subject needs them."""
+    """Hold concrete devices for the whole window, so they are free when the subject needs them. Host grants always reserve: host access is to the devices held."""
     device_uuids: (
         Annotated[
             list[DeviceUUID],
@@ -253,3 +253,5 @@ class GPUGrantStatus(Model):
     """GPU-hours used against GPU-hours granted."""
     expiry_warned: bool | None = None
     """Whether the warning before expiry has been sent."""
+    revoked_at: Time | None = None
+    """When the operator first saw the revocation or deletion; the grace period runs from here."""

@@ -63,6 +63,14 @@ class HostAccessEntry(Model):
     """The user's account name."""
     linux_user: _LinuxUser
     """The user's Linux login on this node."""
+    device_uuids: (
+        Annotated[
+            list[_DeviceUUID],
+            Field(max_length=64, json_schema_extra={"x-kubernetes-list-type": "set"}),
+        ]
+        | None
+    ) = None
+    """Devices the user may open on the host; all of the node's GPUs when left out (HostAccess exemptions)."""
     until: Time | None = None
     """When the access ends; permanent when left out (admin exemptions only)."""
     source: ObjectReference
@@ -114,19 +122,7 @@ class GPUNodeSpec(Model):
 
     enforcement: EnforcementMode = "Audit"
     """`Enforce` applies kernel rules and ends violations; `Audit` only reports what it would deny; `Off` does neither."""
-    host_access: (
-        Annotated[
-            list[HostAccessEntry],
-            Field(
-                max_length=1024,
-                json_schema_extra={
-                    "x-kubernetes-list-type": "map",
-                    "x-kubernetes-list-map-keys": ["user"],
-                },
-            ),
-        ]
-        | None
-    ) = None
+    host_access: Annotated[list[HostAccessEntry], Field(max_length=1024)] | None = None
     """Users who may use GPUs on the host itself."""
     reservations: Annotated[list[Reservation], Field(max_length=1024)] | None = None
     """Devices held for users by reserving grants; the operator never writes two overlapping holds on one device."""

@@ -57,6 +57,10 @@ class GrantPolicy(Model):
     """Longest window a single grant may span (for example `168h`), or `Unlimited`."""
     max_gpu_equivalents: GPUEquivalentLimit | None = None
     """GPU-equivalents one grant may add on top of the allowance, or `Unlimited`."""
+    revocation_grace: DurationLimit | None = None
+    """Time between the warning that a grant ended (expiry or revocation) and the end of GPU use that depended on it."""
+    soft_revocation: bool | None = None
+    """Only warn when a grant ends, never end processes or containers (not the default)."""
 
 
 class BudgetPolicy(Model):

@@ -9,6 +9,7 @@ samples, prints how to reach the cluster, and keeps running until interrupted
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import signal
@@ -17,9 +18,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from controller.devcluster import binaries
-from controller.devcluster.controlplane import LocalCluster, stop_recorded
-from controller.devcluster.process import PidFile
+from controller.devcluster import binaries, simnode
+from controller.devcluster.controlplane import (
+    ADMIN_USER,
+    LocalCluster,
+    free_port,
+    http_ok,
+    stop_recorded,
+)
+from controller.devcluster.process import ManagedProcess, PidFile, wait_until
 
 
 def default_workdir() -> Path:
@@ -30,21 +37,105 @@ def default_workdir() -> Path:
     return Path(state) / "ds01-controller" / "dev"
 
 
+_PROBE = """
+apiVersion: gpu.ds01.io/v1alpha1
+kind: GPUGrant
+metadata: {{name: admission-probe, namespace: ds01-system}}
+spec:
+  subject: {{kind: User, name: {subject}}}
+  gpus: {{count: 1}}
+  reason: checks that the admission policies are in force
+  requestedBy: forged
+{approval}"""
+
+
+def wait_for_admission(cluster: LocalCluster, deadline_s: float = 60) -> None:
+    """Wait until the admission policies judge requests (they load asynchronously).
+
+    Server-side dry runs go through admission without storing anything: the
+    mutating policy must stamp `requestedBy` over a forged value, and the
+    validating policy must refuse the admin's approval of a grant for themself.
+    """
+    stamp = _PROBE.format(subject="admission-probe", approval="")
+    own = _PROBE.format(subject=ADMIN_USER, approval="  approval: {decision: Approved}\n")
+
+    def in_force() -> bool:
+        stamped = cluster.kubectl(
+            "create",
+            "--dry-run=server",
+            "-o",
+            "jsonpath={.spec.requestedBy}",
+            "-f",
+            "-",
+            stdin=stamp,
+            check=False,
+        )
+        refused = cluster.kubectl("create", "--dry-run=server", "-f", "-", stdin=own, check=False)
+        return stamped.stdout == ADMIN_USER and "ds01-grant-approval" in refused.stderr
+
+    wait_until(in_force, deadline_s, "the ds01 admission policies to be in force", 0.25)
+
+
 def install(cluster: LocalCluster, samples: bool = True) -> None:
-    """Apply the CRDs, wait until they are served, then RBAC and (optionally) samples."""
+    """Apply the CRDs, wait until served; RBAC and admission, wait until in force; samples."""
     root = binaries.source_root()
     cluster.kubectl("apply", "--server-side", "-k", str(root / "crds"))
+    crds = sorted((root / "crds").glob("*.gpu.ds01.io.yaml"))
     cluster.kubectl(
         "wait",
         "--for=condition=Established",
         "--timeout=60s",
-        *(
-            f"crd/{p.name.removesuffix('.yaml')}"
-            for p in sorted((root / "crds").glob("*.gpu.ds01.io.yaml"))
-        ),
+        *(f"crd/{p.name.removesuffix('.yaml')}" for p in crds),
     )
-    target = root / "manifests" / ("overlays/local" if samples else "core")
-    cluster.kubectl("apply", "--server-side", "-k", str(target))
+    cluster.kubectl("apply", "--server-side", "-k", str(root / "manifests" / "core"))
+    wait_for_admission(cluster)
+    if samples:
+        cluster.kubectl("apply", "--server-side", "-k", str(root / "manifests" / "samples"))
+
+
+SIMULATED_NODE = "gpu-node-1"
+
+
+def add_simulated_node(cluster: LocalCluster, name: str) -> None:
+    """Create a GPUNode and write its status as an agent would (no agent runs locally yet)."""
+    cluster.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(simnode.gpunode(name)))
+    cluster.kubectl(
+        "patch",
+        "gpunode",
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(simnode.status(name)),
+    )
+
+
+def start_operator(cluster: LocalCluster, *extra: str, deadline_s: float = 60) -> ManagedProcess:
+    """Run `ds01 operator` as the ds01-operator ServiceAccount, so RBAC applies to it."""
+    kubeconfig = cluster.service_account_kubeconfig("ds01-system", "ds01-operator")
+    port = free_port()
+    process = cluster.spawn(
+        "operator",
+        [
+            sys.executable,
+            "-m",
+            "controller.cli.main",
+            "operator",
+            f"--kubeconfig={kubeconfig}",
+            f"--audit-log={cluster.workdir / 'audit.jsonl'}",
+            f"--liveness=http://127.0.0.1:{port}/healthz",
+            "--default-enforcement=Audit",
+            *extra,
+        ],
+    )
+
+    def live() -> bool:
+        if not process.alive():
+            raise RuntimeError(f"the operator exited:\n{process.log_tail()}")
+        return http_ok(f"http://127.0.0.1:{port}/healthz")
+
+    wait_until(live, deadline_s, "the operator to report live")
+    return process
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -61,6 +152,8 @@ def _up(args: argparse.Namespace) -> int:
     cluster.start()
     try:
         install(cluster, samples=not args.no_samples)
+        add_simulated_node(cluster, SIMULATED_NODE)
+        start_operator(cluster)
     except BaseException:
         cluster.stop()
         raise
@@ -70,11 +163,13 @@ def _up(args: argparse.Namespace) -> int:
         f"\nds01 local control plane is up in {elapsed:.1f}s "
         f"(Kubernetes {built.kubernetes_version}, etcd {built.etcd_version})\n"
         f"  API server:  {cluster.server}\n"
-        f"  logs:        {workdir / 'logs'}\n\n"
+        f"  operator:    running as ServiceAccount ds01-system/ds01-operator\n"
+        f"  GPU node:    {SIMULATED_NODE} (simulated: 8 x A100-40GB, GPUs 0-1 in MIG mode)\n"
+        f"  logs:        {workdir / 'logs'}   audit: {workdir / 'audit.jsonl'}\n\n"
         f"  export KUBECONFIG={shlex.quote(str(cluster.kubeconfig))}\n"
         f"  export PATH={shlex.quote(str(kubectl_dir))}:$PATH"
         f"   # kubectl {built.kubernetes_version}\n\n"
-        "  kubectl get gpuratelimits,gpugrants,gpuexemptions -A\n"
+        "  kubectl get ds01 -A\n"
         "  ds01 dev kubeconfig --user 248835@lab.example --group student   # act as a student\n",
         flush=True,
     )

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from controller import __version__
-from controller.cli import crds, dev
+from controller.cli import crds, dev, operator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     dev.register(commands)
     crds.register(commands)
+    operator.register(commands)
     return parser
 
 

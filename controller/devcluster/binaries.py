@@ -99,7 +99,8 @@ def _go_build(module_dir: Path, packages: list[str], out: Path, ldflags: str) ->
     env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly -buildvcs=false"}
     target = f"{out}/" if len(packages) > 1 else str(out)
     command = [go, "build", "-trimpath", "-ldflags", ldflags, "-o", target, *packages]
-    print(f"building {', '.join(p.rsplit('/', 1)[-1] for p in packages)} ...", file=sys.stderr)
+    names = [out.name] if len(packages) == 1 else [p.rsplit("/", 1)[-1] for p in packages]
+    print(f"building {', '.join(names)} from the Go module proxy ...", file=sys.stderr)
     subprocess.run(command, cwd=module_dir, env=env, check=True)
 
 

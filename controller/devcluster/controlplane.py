@@ -61,7 +61,7 @@ class KubectlError(subprocess.CalledProcessError):
         return f"kubectl {command} failed ({self.returncode}): {str(self.stderr).strip()}"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -218,11 +218,19 @@ class LocalCluster:
         self._ca.client("system:kube-controller-manager").write(pki, "controller-manager")
         service_account_keys().write(pki, "sa")
 
-    def _spawn(self, name: str, argv: list[str]) -> ManagedProcess:
+    def spawn(self, name: str, argv: list[str]) -> ManagedProcess:
+        """Start a process that belongs to this cluster: logged, recorded, stopped with it."""
         process = spawn(name, argv, self.workdir / "logs" / f"{name}.log")
         self.processes.append(process)
         self.pid_file.write(self.processes)
         return process
+
+    def service_account_kubeconfig(self, namespace: str, name: str, duration: str = "168h") -> Path:
+        """A kubeconfig that authenticates as a ServiceAccount, with a fresh bound token."""
+        token = self.kubectl(
+            "create", "token", name, "-n", namespace, f"--duration={duration}"
+        ).stdout.strip()
+        return self.token_kubeconfig(f"{namespace}.{name}", token)
 
     def _wait_ready(
         self, process: ManagedProcess, probe: Any, deadline_s: float, what: str
@@ -243,9 +251,9 @@ class LocalCluster:
             ) from None
 
     def _start_etcd(self, deadline_s: float) -> None:
-        client, peer = _free_port(), _free_port()
+        client, peer = free_port(), free_port()
         url = f"http://127.0.0.1:{client}"
-        process = self._spawn(
+        process = self.spawn(
             "etcd",
             [
                 str(self.binaries.etcd),
@@ -261,12 +269,12 @@ class LocalCluster:
             ],
         )
         self._etcd_url = url
-        self._wait_ready(process, lambda: _http_ok(f"{url}/health"), deadline_s, "etcd healthy")
+        self._wait_ready(process, lambda: http_ok(f"{url}/health"), deadline_s, "etcd healthy")
 
     def _start_apiserver(self, deadline_s: float) -> None:
         pki = self.workdir / "pki"
-        self.port = _free_port()
-        process = self._spawn(
+        self.port = free_port()
+        process = self.spawn(
             "kube-apiserver",
             [
                 str(self.binaries.kube_apiserver),
@@ -313,8 +321,8 @@ class LocalCluster:
                 (pki / "controller-manager.key").read_bytes(),
             ),
         )
-        port = _free_port()
-        process = self._spawn(
+        port = free_port()
+        process = self.spawn(
             "kube-controller-manager",
             [
                 str(self.binaries.kube_controller_manager),
@@ -336,7 +344,7 @@ class LocalCluster:
         )
         self._wait_ready(
             process,
-            lambda: _http_ok(f"https://127.0.0.1:{port}/healthz", insecure=True),
+            lambda: http_ok(f"https://127.0.0.1:{port}/healthz", insecure=True),
             deadline_s,
             "kube-controller-manager healthy",
         )
@@ -362,7 +370,7 @@ class LocalCluster:
             return body.decode(errors="replace")
 
 
-def _http_ok(url: str, insecure: bool = False) -> bool:
+def http_ok(url: str, insecure: bool = False) -> bool:
     context = None
     if insecure:
         context = ssl.create_default_context()

@@ -53,10 +53,19 @@ def test_up_detached_then_kubeconfig_then_down(tmp_path: Path) -> None:
     assert kubeconfig, up.stdout
     assert f"Kubernetes {planned().kubernetes_version}" in up.stdout
     pids = recorded_pids(tmp_path)
-    assert len(pids) == 3
+    assert len(pids) == 4  # etcd, kube-apiserver, kube-controller-manager, operator
     try:
         grants = kubectl(kubeconfig.group(1), "get", "gpugrants", "-A", "-o", "name")
         assert "gpugrant.gpu.ds01.io/neurips-deadline" in grants
+
+        # A newcomer sees the operator at work on the samples: the researcher's Host grant
+        # is auto-approved and active on the simulated node, the student's waits.
+        def states() -> dict[str, str]:
+            listing = json.loads(kubectl(kubeconfig.group(1), "get", "gpugrants", "-A", "-o", "json"))
+            return {g["metadata"]["name"]: g.get("status", {}).get("state", "") for g in listing["items"]}
+
+        wait_until(lambda: states() == {"neurips-deadline": "Pending", "nsight-profiling": "Active"}, 60,
+                   "the operator to decide the sample grants")
         again = run(tmp_path, "up", "--detach")
         assert again.returncode == 1 and "already running" in again.stderr
 
@@ -70,7 +79,7 @@ def test_up_detached_then_kubeconfig_then_down(tmp_path: Path) -> None:
         assert "student" in user["groups"]
     finally:
         down = run(tmp_path, "down")
-    assert down.returncode == 0 and "stopped 3" in down.stdout
+    assert down.returncode == 0 and "stopped 4" in down.stdout
     assert all(gone(pid) for pid in pids)
     assert not (tmp_path / "pids.json").exists()
     assert "nothing running" in run(tmp_path, "down").stdout

@@ -1,0 +1,93 @@
+"""A simulated GPU node for the embedded default: a GPUNode whose status says what an agent would.
+
+Until a node agent runs in `ds01 dev up`, this gives the operator an
+inventory to place reserving grants on: DS01's kind of server, 8 x
+A100-SXM4-40GB fully NVLinked, GPUs 0 and 1 in MIG mode (2g.20gb x 3 +
+1g.10gb). UUIDs are derived from the node name, so they are stable.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+MIG_LAYOUT = ("2g.20gb", "2g.20gb", "2g.20gb", "1g.10gb")
+
+
+def _uuid(prefix: str, *parts: object) -> str:
+    return f"{prefix}-{uuid.uuid5(uuid.NAMESPACE_URL, '/'.join(map(str, parts)))}"
+
+
+def inventory(node: str, gpus: int = 8, mig_gpus: tuple[int, ...] = (0, 1)) -> list[dict[str, Any]]:
+    """The `status.devices` of a simulated A100 node."""
+    devices = []
+    for index in range(gpus):
+        device: dict[str, Any] = {
+            "uuid": _uuid("GPU", node, index),
+            "index": index,
+            "model": "NVIDIA A100-SXM4-40GB",
+            "memoryMiB": 40960,
+            "device": {"major": 195, "minor": index},
+            "pciBusID": f"00000000:{0x07 + index * 0x10:02X}:00.0",
+            "health": "Healthy",
+            "utilizationPercent": 0,
+            "memoryUsedMiB": 0,
+            "nvlinkPeers": [i for i in range(gpus) if i != index],
+        }
+        if index in mig_gpus:
+            start, instances = 0, []
+            for gi, profile in enumerate(MIG_LAYOUT, start=1):
+                slices = int(profile[0])
+                instances.append(
+                    {
+                        "uuid": _uuid("MIG", node, index, gi),
+                        "profile": profile,
+                        "slices": slices,
+                        "placementStart": start,
+                        "gpuInstanceID": gi,
+                        "computeInstanceID": 0,
+                        "capabilityDevice": {"major": 511, "minor": index * 16 + gi},
+                        "health": "Healthy",
+                    }
+                )
+                start += slices
+            device.update(migEnabled=True, migTotalSlices=7, migInstances=instances)
+            device.pop("utilizationPercent")
+        devices.append(device)
+    return devices
+
+
+def gpunode(node: str) -> dict[str, Any]:
+    """The GPUNode object to create (spec is the operator's to fill)."""
+    return {
+        "apiVersion": "gpu.ds01.io/v1alpha1",
+        "kind": "GPUNode",
+        "metadata": {"name": node, "labels": {"gpu.ds01.io/simulated": "true"}},
+        "spec": {"enforcement": "Audit"},
+    }
+
+
+def status(node: str) -> dict[str, Any]:
+    """The status an agent would report for the node right now."""
+    devices = inventory(node)
+    healthy = sum(len(d.get("migInstances", [])) or 1 for d in devices)
+    now = datetime.now(UTC).isoformat()
+    return {
+        "status": {
+            "agent": {"version": "simulated", "heartbeatTime": now, "cgroupVersion": "v1"},
+            "enforcement": "Audit",
+            "gpus": len(devices),
+            "healthyDevices": healthy,
+            "devices": devices,
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "Simulated",
+                    "message": "simulated by ds01 dev up; no agent runs on this node",
+                    "lastTransitionTime": now,
+                }
+            ],
+        }
+    }

@@ -1,0 +1,134 @@
+"""kopf wiring: one index per kind, and every watch event pokes the reconciler.
+
+Handlers decide nothing. Indexes hold parsed projections (the pydantic models,
+or for namespaces just labels and annotations), never raw bodies. There are
+no change or delete handlers, so kopf writes no annotations and adds no
+finalizers of its own; the reconciler manages the one finalizer it needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import kopf
+import structlog
+from kubernetes import client, config
+
+from controller.api.base import GROUP, VERSION
+from controller.api.kinds import GPUExemption, GPUGrant, GPUNode, GPURateLimit
+from controller.operator.reconciler import Reconciler
+from controller.policy.plan import Namespace
+
+log = structlog.get_logger("ds01.operator")
+
+
+def _parse(model: Any, body: kopf.Body) -> Any:
+    try:
+        return model.model_validate(dict(body))
+    except ValueError as error:
+        # The apiserver validated it against the CRD, so this means a schema newer
+        # than this operator: skip the object rather than decide from a guess.
+        log.warning(
+            "cannot read object; ignoring it",
+            kind=body.get("kind"),
+            name=body.get("metadata", {}).get("name"),
+            error=str(error)[:500],
+        )
+        return None
+
+
+def connection_info(kubeconfig: Path) -> kopf.ConnectionInfo:
+    """kopf's credentials from an explicit kubeconfig (certificate or bearer token)."""
+    loaded = client.Configuration()
+    config.load_kube_config(config_file=str(kubeconfig), client_configuration=loaded)
+    header = loaded.get_api_key_with_prefix("BearerToken") or loaded.get_api_key_with_prefix(
+        "authorization"
+    )
+    token = header.split(" ", 1)[-1] if header else None
+    return kopf.ConnectionInfo(
+        server=loaded.host,
+        ca_path=loaded.ssl_ca_cert,
+        certificate_path=loaded.cert_file,
+        private_key_path=loaded.key_file,
+        scheme="Bearer" if token else None,
+        token=token,
+    )
+
+
+def register(
+    registry: kopf.OperatorRegistry, reconciler: Reconciler, kubeconfig: Path | None = None
+) -> None:
+    """Register the handlers of one operator instance on ``registry``.
+
+    With ``kubeconfig``, kopf authenticates from that file only (not from
+    whatever $KUBECONFIG the process inherited); without, in-cluster or default.
+    """
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        settings.persistence.finalizer = f"{GROUP}/kopf"
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+        settings.posting.level = logging.WARNING
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.watching.connect_timeout = 10
+        settings.networking.error_backoffs = [1, 2, 5, 10, 20]
+        settings.batching.worker_limit = 64
+        settings.execution.max_workers = 4
+        memo["task"] = asyncio.create_task(reconciler.run(), name="ds01-reconciler")
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop(memo: kopf.Memo, **_: Any) -> None:
+        task = memo.get("task")
+        if task is not None:
+            task.cancel()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        if kubeconfig is None:
+            return kopf.login_via_client(**kwargs)
+        return connection_info(kubeconfig)
+
+    @kopf.index("namespaces", registry=registry, id="namespace_index")
+    def namespace_index(
+        name: str, labels: kopf.Labels, annotations: kopf.Annotations, **_: Any
+    ) -> dict[str, Namespace]:
+        return {name: Namespace(name, dict(labels), dict(annotations))}
+
+    @kopf.index(GROUP, VERSION, "gpuratelimits", registry=registry, id="limit_index")
+    def limit_index(name: str, body: kopf.Body, **_: Any) -> dict[str, GPURateLimit]:
+        parsed = _parse(GPURateLimit, body)
+        return {name: parsed} if parsed else {}
+
+    @kopf.index(GROUP, VERSION, "gpugrants", registry=registry, id="grant_index")
+    def grant_index(
+        namespace: str | None, name: str, body: kopf.Body, **_: Any
+    ) -> dict[str, GPUGrant]:
+        parsed = _parse(GPUGrant, body)
+        return {f"{namespace}/{name}": parsed} if parsed else {}
+
+    @kopf.index(GROUP, VERSION, "gpuexemptions", registry=registry, id="exemption_index")
+    def exemption_index(name: str, body: kopf.Body, **_: Any) -> dict[str, GPUExemption]:
+        parsed = _parse(GPUExemption, body)
+        return {name: parsed} if parsed else {}
+
+    @kopf.index(GROUP, VERSION, "gpunodes", registry=registry, id="node_index")
+    def node_index(name: str, body: kopf.Body, **_: Any) -> dict[str, GPUNode]:
+        parsed = _parse(GPUNode, body)
+        return {name: parsed} if parsed else {}
+
+    def poke(**kwargs: Any) -> None:
+        reconciler.poke(kwargs)
+
+    for resource in (
+        ("namespaces",),
+        (GROUP, VERSION, "gpuratelimits"),
+        (GROUP, VERSION, "gpugrants"),
+        (GROUP, VERSION, "gpuexemptions"),
+        (GROUP, VERSION, "gpunodes"),
+    ):
+        kopf.on.event(*resource, registry=registry, id=f"poke-{resource[-1]}")(poke)

@@ -1,0 +1,80 @@
+"""`ds01 operator`: run the operator against a kubeconfig or in-cluster."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import kopf
+import structlog
+from kubernetes import client, config
+from prometheus_client import start_http_server
+
+from controller.api.node import EnforcementMode
+from controller.operator.handlers import register
+from controller.operator.reconciler import Reconciler
+from controller.operator.writer import Writer
+from controller.policy.grants import GrantSettings
+from controller.policy.plan import Settings
+from controller.runtime import logs
+from controller.runtime.audit import AuditLog
+
+log = structlog.get_logger("ds01.operator")
+
+
+@dataclass(frozen=True)
+class OperatorOptions:
+    """Everything `ds01 operator` can be told."""
+
+    kubeconfig: Path | None = None
+    audit_log: Path | None = None
+    metrics_port: int | None = None
+    liveness: str | None = None
+    log_level: str = "INFO"
+    default_enforcement: EnforcementMode = "Enforce"
+    default_duration: timedelta = timedelta(hours=24)
+    expiry_warning: timedelta = timedelta(hours=1)
+    operator_user: str = "system:serviceaccount:ds01-system:ds01-operator"
+
+
+def api_client(kubeconfig: Path | None) -> client.ApiClient:
+    """A client from the kubeconfig, or the pod's ServiceAccount when there is none."""
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config()
+        return client.ApiClient()
+    path = str(kubeconfig) if kubeconfig else None
+    api: client.ApiClient = config.new_client_from_config(config_file=path)
+    return api
+
+
+def run(options: OperatorOptions) -> int:
+    """Run until SIGINT/SIGTERM."""
+    logs.configure(options.log_level)
+    settings = Settings(
+        grants=GrantSettings(
+            default_duration=options.default_duration,
+            expiry_warning=options.expiry_warning,
+            operator_user=options.operator_user,
+        ),
+        default_enforcement=options.default_enforcement,
+    )
+    audit = AuditLog(options.audit_log, source="ds01-operator")
+    reconciler = Reconciler(Writer(api_client(options.kubeconfig), audit), settings)
+    registry = kopf.OperatorRegistry()
+    register(registry, reconciler, options.kubeconfig)
+    if options.metrics_port is not None:
+        start_http_server(options.metrics_port)
+    log.info(
+        "starting",
+        enforcement=options.default_enforcement,
+        audit_log=str(options.audit_log) if options.audit_log else "stderr",
+    )
+    kopf.run(
+        registry=registry,
+        clusterwide=True,
+        standalone=True,
+        liveness_endpoint=options.liveness,
+    )
+    return 0

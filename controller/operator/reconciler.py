@@ -1,0 +1,127 @@
+"""The level-triggered loop: snapshot the watch caches, plan, write, sleep until needed.
+
+kopf keeps one index per kind (small parsed projections of each object) and
+pokes this loop on every watch event. A pass always starts from the whole
+snapshot, so a missed or coalesced event costs nothing: the next pass sees
+the same objects. The loop sleeps until the next poke or the plan's next
+deadline (a grant starting, warning, expiring; an exemption ending), so
+deadlines come from the objects and survive restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+
+from controller.operator import metrics
+from controller.operator.writer import Writer
+from controller.policy.plan import Namespace, Plan, Settings, Snapshot, plan
+
+log = structlog.get_logger("ds01.operator")
+
+INDEXES = ("namespace_index", "limit_index", "grant_index", "exemption_index", "node_index")
+MAX_IDLE = timedelta(seconds=60)
+"""Even with no events and no deadline, re-plan this often (clock drift, missed watches)."""
+DEBOUNCE = 0.02
+"""Seconds to let a burst of watch events settle into one pass."""
+
+
+def _values(index: Mapping[Any, Any]) -> list[Any]:
+    return [value for store in index.values() for value in store]
+
+
+class Reconciler:
+    """Owns the loop; fed by kopf handlers through `poke`."""
+
+    def __init__(
+        self,
+        writer: Writer,
+        settings: Settings,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.writer = writer
+        self.settings = settings
+        self.clock = clock
+        self.indexes: dict[str, Mapping[Any, Any]] = {}
+        self._dirty = asyncio.Event()
+        self._ready = asyncio.Event()
+        self.passes = 0
+
+    def poke(self, indexes: Mapping[str, Any]) -> None:
+        """Called by every watch event; the first call hands over kopf's indexes.
+
+        kopf runs handlers only once every index is fully populated, so the first
+        poke also means "the caches are complete": before it, no pass runs and
+        nothing is decided from a partial view.
+        """
+        if not self._ready.is_set():
+            self.indexes = {name: indexes[name] for name in INDEXES}
+            self._ready.set()
+        self._dirty.set()
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            namespaces=[
+                n for n in _values(self.indexes["namespace_index"]) if isinstance(n, Namespace)
+            ],
+            limits=_values(self.indexes["limit_index"]),
+            grants=_values(self.indexes["grant_index"]),
+            exemptions=_values(self.indexes["exemption_index"]),
+            nodes=_values(self.indexes["node_index"]),
+        )
+
+    async def run(self) -> None:
+        """Plan and write forever; cancelled by the operator's shutdown."""
+        await self._ready.wait()
+        log.info("caches populated; reconciling")
+        while True:
+            await asyncio.sleep(DEBOUNCE)
+            self._dirty.clear()
+            wake_at = await self.one_pass()
+            now = self.clock()
+            wait = min(MAX_IDLE, max(wake_at - now, timedelta(0))) if wake_at else MAX_IDLE
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), wait.total_seconds())
+
+    async def one_pass(self) -> datetime | None:
+        started = time.perf_counter()
+        metrics.RECONCILES.inc()
+        try:
+            snapshot = self.snapshot()
+            now = self.clock()
+            decided = plan(snapshot, now, self.settings)
+            failed = await self.writer.apply(decided, snapshot)
+            self._observe(decided)
+        except Exception:  # one bad pass must not stop the loop; the next one retries
+            metrics.RECONCILE_ERRORS.inc()
+            log.exception("reconcile pass failed")
+            return self.clock() + timedelta(seconds=2)
+        finally:
+            metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+        self.passes += 1
+        if failed:
+            log.info("some writes failed; retrying soon", objects=sorted(failed)[:20])
+            retry = now + timedelta(seconds=1)
+            return min(retry, decided.wake_at) if decided.wake_at else retry
+        return decided.wake_at
+
+    def _observe(self, decided: Plan) -> None:
+        states = Counter(s.state for s in decided.grant_status.values())
+        for state in (
+            "Pending",
+            "Denied",
+            "Approved",
+            "Scheduled",
+            "Active",
+            "Expired",
+            "Revoked",
+            "Invalid",
+        ):
+            metrics.GRANTS.labels(state=state).set(states.get(state, 0))

@@ -1,0 +1,264 @@
+"""Writes a plan: only what differs from the stored objects, as merge patches.
+
+Status and spec writes go first, concurrently; Events and audit records about
+an object are posted only when its write succeeded (or none was needed), so a
+failed write that will be retried does not announce the same change twice.
+Node specs are written before any grant finalizer is released: a deleted
+grant's revocation must be in the node's spec before the grant can vanish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from controller.api.base import GROUP, VERSION
+from controller.api.grant import GrantApproval
+from controller.api.kinds import GPUExemption, GPUGrant, GPURateLimit
+from controller.operator import metrics
+from controller.policy.plan import Plan, Snapshot
+from controller.policy.records import AuditRecord, EventRecord
+from controller.runtime.audit import AuditLog
+
+FINALIZER = f"{GROUP}/revocation"
+COMPONENT = "ds01-operator"
+log = structlog.get_logger("ds01.operator.writer")
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """The RFC 7386 merge patch that turns ``old`` into ``new`` (None when equal)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        patch: dict[str, Any] = {}
+        for key in old.keys() | new.keys():
+            if key not in new:
+                patch[key] = None
+            elif key not in old:
+                patch[key] = new[key]
+            else:
+                inner = merge_patch(old[key], new[key])
+                if inner is not None:
+                    patch[key] = inner
+        return patch or None
+    return None if old == new else new
+
+
+class Writer:
+    """Applies plans through the official Kubernetes client, in worker threads."""
+
+    def __init__(self, api: client.ApiClient, audit: AuditLog, workers: int = 8) -> None:
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.audit = audit
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ds01-write")
+
+    async def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
+        except ApiException as error:
+            metrics.API_WRITES.labels(what=what, result=str(error.status)).inc()
+            level = log.debug if error.status in (404, 409) else log.warning
+            level(
+                "write failed",
+                what=what,
+                status=error.status,
+                reason=error.reason,
+                body=str(error.body)[:500],
+            )
+            return False
+        metrics.API_WRITES.labels(what=what, result="ok").inc()
+        return True
+
+    async def apply(self, plan: Plan, snapshot: Snapshot) -> set[str]:
+        """Write the plan; return the keys of objects whose writes failed."""
+        failed: set[str] = set()
+        grants = {f"{g.metadata.namespace}/{g.metadata.name}": g for g in snapshot.grants}
+        jobs: list[tuple[str, Any]] = []
+        for key, status in plan.grant_status.items():
+            grant = grants[key]
+            needs_finalizer = (
+                FINALIZER not in grant.metadata.finalizers and not grant.metadata.deletion_timestamp
+            )
+            approval = plan.approvals.get(key)
+            if needs_finalizer or approval is not None:
+                jobs.append((key, self._update(grant, needs_finalizer, approval)))
+            patch = merge_patch((grant.status.to_wire() if grant.status else {}), status.to_wire())
+            if patch:
+                jobs.append(
+                    (
+                        key,
+                        self._call(
+                            "gpugrant/status",
+                            self.custom.patch_namespaced_custom_object_status,
+                            GROUP,
+                            VERSION,
+                            grant.metadata.namespace,
+                            "gpugrants",
+                            grant.metadata.name,
+                            {"status": patch},
+                        ),
+                    )
+                )
+        for exemption in snapshot.exemptions:
+            jobs += self._status_job(exemption, plan.exemption_status, "gpuexemptions")
+        for limit in snapshot.limits:
+            jobs += self._status_job(limit, plan.limit_status, "gpuratelimits")
+        for node in snapshot.nodes:
+            desired = plan.node_specs.get(node.metadata.name)
+            patch = merge_patch(node.spec.to_wire(), desired.to_wire()) if desired else None
+            if patch:
+                jobs.append(
+                    (
+                        f"node/{node.metadata.name}",
+                        self._call(
+                            "gpunode/spec",
+                            self.custom.patch_cluster_custom_object,
+                            GROUP,
+                            VERSION,
+                            "gpunodes",
+                            node.metadata.name,
+                            {"spec": patch},
+                        ),
+                    )
+                )
+        results = await asyncio.gather(*(job for _, job in jobs))
+        failed |= {key for (key, _), ok in zip(jobs, results, strict=True) if not ok}
+
+        nodes_written = not any(key.startswith("node/") for key in failed)
+        releases = [
+            self._release(grant)
+            for key, grant in grants.items()
+            if grant.metadata.deletion_timestamp
+            and FINALIZER in grant.metadata.finalizers
+            and nodes_written
+            and key not in failed
+            and plan.grant_status[key].state == "Revoked"
+        ]
+        await asyncio.gather(*releases)
+        await self._announce(plan.events, plan.audit, failed)
+        return failed
+
+    def _status_job(
+        self, obj: GPUExemption | GPURateLimit, desired: dict[str, Any], plural: str
+    ) -> list[tuple[str, Any]]:
+        name = obj.metadata.name
+        new = desired.get(name)
+        if new is None:
+            return []
+        patch = merge_patch(obj.status.to_wire() if obj.status else {}, new.to_wire())
+        if not patch:
+            return []
+        return [
+            (
+                f"{plural}/{name}",
+                self._call(
+                    f"{plural[:-1]}/status",
+                    self.custom.patch_cluster_custom_object_status,
+                    GROUP,
+                    VERSION,
+                    plural,
+                    name,
+                    {"status": patch},
+                ),
+            )
+        ]
+
+    async def _update(
+        self, grant: GPUGrant, add_finalizer: bool, approval: GrantApproval | None
+    ) -> bool:
+        """Add our finalizer and/or the operator's approval, in one optimistic write."""
+        # resourceVersion: never auto-approve a spec that changed since it was judged.
+        body: dict[str, Any] = {"metadata": {"resourceVersion": grant.metadata.resource_version}}
+        if add_finalizer:
+            body["metadata"]["finalizers"] = [*grant.metadata.finalizers, FINALIZER]
+        if approval is not None:
+            body["spec"] = {"approval": approval.to_wire()}
+        return await self._call(
+            "gpugrant",
+            self.custom.patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            grant.metadata.namespace,
+            "gpugrants",
+            grant.metadata.name,
+            body,
+        )
+
+    async def _release(self, grant: GPUGrant) -> bool:
+        body = {
+            "metadata": {
+                "finalizers": [f for f in grant.metadata.finalizers if f != FINALIZER],
+                "resourceVersion": grant.metadata.resource_version,
+            }
+        }
+        return await self._call(
+            "gpugrant/finalizer",
+            self.custom.patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            grant.metadata.namespace,
+            "gpugrants",
+            grant.metadata.name,
+            body,
+        )
+
+    async def _announce(
+        self, events: Iterable[EventRecord], audit: Iterable[AuditRecord], failed: set[str]
+    ) -> None:
+        posts = []
+        for event in events:
+            key = f"{event.about.namespace}/{event.about.name}" if event.about.namespace else None
+            if key in failed:
+                continue
+            posts.append(
+                self._call(
+                    "event",
+                    self.core.create_namespaced_event,
+                    event.about.namespace or "default",
+                    _event_body(event),
+                )
+            )
+            if event.type == "Warning" and event.reason in ("Denied", "NotAllowed"):
+                metrics.DENIALS.labels(reason=event.reason).inc()
+        await asyncio.gather(*posts)
+        for record in audit:
+            key = record.details.get("grant")
+            if key in failed:
+                continue
+            self.audit.write(record.event_type, record.user, record.details)
+
+
+def _event_body(event: EventRecord) -> client.CoreV1Event:
+    now = datetime.now(UTC)
+    about = event.about
+    api_version = "v1" if about.kind == "Namespace" else f"{GROUP}/{VERSION}"
+    return client.CoreV1Event(
+        metadata=client.V1ObjectMeta(
+            generate_name=f"{about.name}.", namespace=about.namespace or "default"
+        ),
+        involved_object=client.V1ObjectReference(
+            api_version=api_version,
+            kind=about.kind,
+            name=about.name,
+            namespace=about.namespace,
+            uid=about.uid,
+        ),
+        reason=event.reason,
+        message=event.message[:1024],
+        type=event.type,
+        source=client.V1EventSource(component=COMPONENT),
+        reporting_component=f"{GROUP}/operator",
+        reporting_instance=COMPONENT,
+        first_timestamp=now,
+        last_timestamp=now,
+        count=1,
+        action=event.reason,
+    )

@@ -1,0 +1,381 @@
+"""The whole-cluster decision: from every object and the time, every status and node spec.
+
+This is the operator's brain as one pure function. The operator gathers a
+`Snapshot` (its watch caches), calls `plan`, and writes whatever differs from
+what is stored. Nothing here remembers anything between calls: what must
+persist (approval, revocation time, warning sent, allocations) lives in the
+objects themselves, which is what makes a restart lose nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from fractions import Fraction
+
+from controller.api.account import Account, AccountError, parse_account
+from controller.api.exemption import GPUExemptionStatus
+from controller.api.grant import GPUGrantStatus, GrantApproval
+from controller.api.kinds import GPUExemption, GPUGrant, GPUNode, GPURateLimit
+from controller.api.node import EnforcementMode, GPUNodeSpec, ObjectReference
+from controller.api.ratelimit import GPURateLimitStatus
+from controller.policy import exemptions as exemption_policy
+from controller.policy import grants as grant_policy
+from controller.policy import usage
+from controller.policy.allocation import (
+    Allocation,
+    Request,
+    Slot,
+    Window,
+    allocate_all,
+    inventory,
+)
+from controller.policy.conditions import Want, merge
+from controller.policy.effective import EffectiveLimits, NamedLimit, applies_to, effective_limits
+from controller.policy.nodes import HostExemption, NodeEffect, next_change, node_spec
+from controller.policy.records import AuditRecord, EventRecord
+from controller.policy.units import parse_duration_limit, parse_gpu_equivalents
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """The parts of a namespace the policy reads."""
+
+    name: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the operator watches, as of one moment."""
+
+    namespaces: Sequence[Namespace]
+    limits: Sequence[GPURateLimit]
+    grants: Sequence[GPUGrant]
+    exemptions: Sequence[GPUExemption]
+    nodes: Sequence[GPUNode]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Operator-wide settings."""
+
+    grants: grant_policy.GrantSettings = field(default_factory=grant_policy.GrantSettings)
+    default_enforcement: EnforcementMode = "Enforce"
+
+
+@dataclass
+class Plan:
+    """Desired state; the operator writes what differs from the stored objects."""
+
+    grant_status: dict[str, GPUGrantStatus] = field(default_factory=dict)
+    approvals: dict[str, GrantApproval] = field(default_factory=dict)
+    exemption_status: dict[str, GPUExemptionStatus] = field(default_factory=dict)
+    limit_status: dict[str, GPURateLimitStatus] = field(default_factory=dict)
+    node_specs: dict[str, GPUNodeSpec] = field(default_factory=dict)
+    events: list[EventRecord] = field(default_factory=list)
+    audit: list[AuditRecord] = field(default_factory=list)
+    wake_at: datetime | None = None
+    account_problems: dict[str, str] = field(default_factory=dict)
+    granted: dict[str, Fraction] = field(default_factory=dict)
+    """GPU-equivalents of each subject's active grants (for metrics)."""
+    in_use: dict[str, Fraction] = field(default_factory=dict)
+    """GPU-equivalents each owner is using, as the agents report (for metrics)."""
+
+    def wake(self, at: datetime | None) -> None:
+        if at is not None and (self.wake_at is None or at < self.wake_at):
+            self.wake_at = at
+
+
+def accounts(namespaces: Sequence[Namespace]) -> tuple[dict[str, Account], dict[str, str]]:
+    """Accounts by namespace, and why labelled namespaces that are not valid accounts fail."""
+    found: dict[str, Account] = {}
+    problems: dict[str, str] = {}
+    for ns in namespaces:
+        try:
+            account = parse_account(ns.name, ns.labels, ns.annotations)
+        except AccountError as error:
+            problems[ns.name] = f"namespace {ns.name}: {error}"
+            continue
+        if account is not None:
+            found[ns.name] = account
+    return found, problems
+
+
+def _existing_allocation(grant: GPUGrant) -> Allocation | None:
+    held = grant.status.allocations if grant.status else None
+    if not held:
+        return None
+    node = held[0]
+    slots = tuple(Slot(node.node, d.uuid, d.index or 0, d.mig_profile) for d in node.devices)
+    return Allocation(node.node, slots)
+
+
+def _request(grant: GPUGrant, settings: Settings) -> Request:
+    placement = grant.spec.placement
+    return Request(
+        grant_policy.key(grant),
+        grant.spec.gpus.count,
+        grant_policy.window(grant, settings.grants),
+        grant.spec.gpus.mig_profile,
+        node_name=placement.node_name if placement else None,
+        node_selector=dict(placement.node_selector or {}) if placement else {},
+        device_uuids=tuple(placement.device_uuids or ()) if placement else (),
+    )
+
+
+class _Planner:
+    """One planning pass: the indexes every decision shares."""
+
+    def __init__(self, snapshot: Snapshot, now: datetime, settings: Settings) -> None:
+        self.snapshot, self.now, self.settings = snapshot, now, settings
+        self.out = Plan()
+        self.by_namespace, self.out.account_problems = accounts(snapshot.namespaces)
+        self.by_user = {a.user: a for a in self.by_namespace.values()}
+        self.named = [NamedLimit(lim.metadata.name, lim.spec) for lim in snapshot.limits]
+        self._limits: dict[tuple[str, tuple[str, ...]], EffectiveLimits] = {}
+        self.grants = sorted(
+            snapshot.grants,
+            key=lambda g: (g.metadata.creation_timestamp or now, grant_policy.key(g)),
+        )
+        self.by_subject: dict[str, list[GPUGrant]] = {}
+        for grant in self.grants:
+            self.by_subject.setdefault(grant.spec.subject.name, []).append(grant)
+
+    def limits(self, user: str, groups: tuple[str, ...]) -> EffectiveLimits:
+        if (user, groups) not in self._limits:
+            self._limits[user, groups] = effective_limits(user, groups, self.named)
+        return self._limits[user, groups]
+
+    def context(self, grant: GPUGrant) -> grant_policy.GrantContext:
+        namespace = grant.metadata.namespace or ""
+        account = self.by_namespace.get(namespace)
+        subject = grant.spec.subject.name
+        owner = self.by_user.get(subject)
+        groups = owner.groups if owner else ()
+        in_force = exemption_policy.in_force(self.snapshot.exemptions, subject, groups, self.now)
+        return grant_policy.GrantContext(
+            account=account,
+            account_problem=self.out.account_problems.get(namespace),
+            limits=self.limits(subject, groups),
+            exempt_from=exemption_policy.exempt_from(in_force),
+            request_rank=grant_policy.request_rank(grant, self.by_subject[subject]),
+        )
+
+    def run(self) -> Plan:
+        out, now = self.out, self.now
+        for exemption in self.snapshot.exemptions:
+            decided = exemption_policy.decide(exemption, now)
+            out.exemption_status[exemption.metadata.name] = decided.status
+            out.events += decided.events
+            out.audit += decided.audit
+            out.wake(decided.wake_at)
+
+        contexts = {grant_policy.key(g): self.context(g) for g in self.grants}
+        # Pass 1: reserving grants that are approved (or auto-approvable now) and not over.
+        # Only those hold devices, allocated in creation order; pending requests hold none.
+        requests, existing = [], {}
+        for grant in filter(grant_policy.reserves, self.grants):
+            k = grant_policy.key(grant)
+            tentative = grant_policy.decide(grant, contexts[k], now, self.settings.grants)
+            if tentative.state in ("Approved", "Scheduled", "Active"):
+                requests.append(_request(grant, self.settings))
+                kept = _existing_allocation(grant)
+                if kept is not None:
+                    existing[k] = kept
+        labels = {n.metadata.name: dict(n.metadata.labels) for n in self.snapshot.nodes}
+        allocations = allocate_all(requests, existing, inventory(self.snapshot.nodes), labels)
+
+        # Pass 2: every grant's decision, with the devices it holds.
+        decisions: dict[str, grant_policy.GrantDecision] = {}
+        effects: list[NodeEffect] = []
+        for grant in self.grants:
+            k = grant_policy.key(grant)
+            ctx = replace(contexts[k], allocation=allocations.get(k))
+            decision = grant_policy.decide(grant, ctx, now, self.settings.grants)
+            decisions[k] = decision
+            if decision.approve is not None:
+                out.approvals[k] = decision.approve
+            out.events += decision.events
+            out.audit += decision.audit
+            out.wake(decision.wake_at)
+            effect = _node_effect(grant, decision, ctx.account, ctx.limits)
+            if effect is not None:
+                effects.append(effect)
+        self.account_usage(decisions, contexts)
+
+        host_exemptions = _host_exemptions(self.snapshot.exemptions, self.by_user, now)
+        for node in self.snapshot.nodes:
+            name = node.metadata.name
+            scoped = [x for scope, x in host_exemptions if scope is None or name in scope]
+            spec = node_spec(
+                name,
+                labels=dict(node.metadata.labels),
+                effects=effects,
+                exemptions=scoped,
+                current=node.spec,
+                now=now,
+                default_mode=self.settings.default_enforcement,
+            )
+            out.node_specs[name] = spec
+            out.wake(next_change(spec, now))
+
+        for limit in self.snapshot.limits:
+            out.limit_status[limit.metadata.name] = self.limit_status(limit)
+        return out
+
+    def account_usage(
+        self,
+        decisions: Mapping[str, grant_policy.GrantDecision],
+        contexts: Mapping[str, grant_policy.GrantContext],
+    ) -> None:
+        """Charge each user's GPU use to their active grants; record it in status."""
+        nodes = self.snapshot.nodes
+        equivalents = usage.device_equivalents(nodes)
+        in_use = usage.devices_in_use(nodes)
+        for user, owned in in_use.items():
+            self.out.in_use[user] = sum(
+                (equivalents.get(u, Fraction(0)) for u in owned), Fraction(0)
+            )
+        charged: dict[str, tuple[Fraction, Fraction]] = {}
+        for user, grants in self.by_subject.items():
+            active = [
+                g
+                for g in grants
+                if "Active"
+                in (decisions[grant_policy.key(g)].state, g.status.state if g.status else None)
+            ]
+            if not active:
+                continue
+            held = {
+                grant_policy.key(g): tuple(
+                    d.uuid
+                    for n in decisions[grant_policy.key(g)].status.allocations or ()
+                    for d in n.devices
+                )
+                for g in active
+                if grant_policy.reserves(g)
+            }
+            gpu = contexts[grant_policy.key(active[0])].limits.spec.gpu
+            base = parse_gpu_equivalents(gpu.max_gpu_equivalents or 0) if gpu else Fraction(0)
+            charged |= usage.charge(active, held, in_use.get(user, set()), equivalents, base)
+        for grant in self.grants:
+            k = grant_policy.key(grant)
+            new = decisions[k].status
+            record = usage.account(grant.status or GPUGrantStatus(), new, charged.get(k), self.now)
+            self.out.grant_status[k] = new.model_copy(update={"usage": record})
+            if new.state == "Active":
+                self.out.granted[grant.spec.subject.name] = self.out.granted.get(
+                    grant.spec.subject.name, Fraction(0)
+                ) + Fraction(new.gpu_equivalents or "0")
+                if record is not None:
+                    self.out.wake(record.last_updated + usage.UPDATE_EVERY)
+
+    def limit_status(self, limit: GPURateLimit) -> GPURateLimitStatus:
+        users = [a for a in self.by_namespace.values() if applies_to(limit.spec, a.user, a.groups)]
+        name = limit.metadata.name
+        conflicts = sorted(
+            {
+                f"{c.field} (with GPURateLimit/{c.loser if c.winner == name else c.winner})"
+                for a in users
+                for c in self.limits(a.user, a.groups).conflicts
+                if name in (c.winner, c.loser)
+            }
+        )
+        wanted = [Want("Ready", True, "Applied", f"applies to {len(users)} account(s)")]
+        if conflicts:
+            wanted.append(
+                Want(
+                    "PriorityConflict",
+                    True,
+                    "SamePriority",
+                    f"another Group limit at priority {limit.spec.priority} sets the same fields "
+                    f"differently; resolved by name: {', '.join(conflicts)}",
+                )
+            )
+        old = limit.status or GPURateLimitStatus()
+        subjects = ", ".join(f"{s.kind}:{s.name}" for s in limit.spec.subjects)
+        return GPURateLimitStatus(
+            observed_generation=limit.metadata.generation,
+            conditions=merge(old.conditions, wanted, self.now, limit.metadata.generation),
+            subjects=subjects if len(subjects) <= 1024 else subjects[:1021] + "...",
+            matched_users=len(users),
+        )
+
+
+def plan(snapshot: Snapshot, now: datetime, settings: Settings = Settings()) -> Plan:
+    """Decide everything; see the module docstring."""
+    return _Planner(snapshot, now, settings).run()
+
+
+def _node_effect(
+    grant: GPUGrant,
+    decision: grant_policy.GrantDecision,
+    account: Account | None,
+    limits: EffectiveLimits,
+) -> NodeEffect | None:
+    status = decision.status
+    held = status.allocations
+    if not held:
+        return None
+    assert status.window is not None
+    ended_at = None
+    if decision.state == "Revoked":
+        ended_at = status.revoked_at
+    elif decision.state == "Expired":
+        ended_at = status.window.end
+    grants = limits.spec.grants
+    assert grants is not None
+    grace = parse_duration_limit(grants.revocation_grace or "5m") or timedelta(0)
+    return NodeEffect(
+        source=ObjectReference(
+            kind="GPUGrant", name=grant.metadata.name, namespace=grant.metadata.namespace
+        ),
+        user=grant.spec.subject.name,
+        linux_user=account.linux_user if account else None,
+        node=held[0].node,
+        devices=tuple(d.uuid for d in held[0].devices),
+        window=Window(status.window.start, status.window.end),
+        host=grant.spec.access == "Host",
+        live=decision.state in ("Scheduled", "Active"),
+        ended_at=ended_at,
+        end_reason=(
+            grant.spec.revocation.reason
+            if grant.spec.revocation
+            else "grant deleted"
+            if decision.state == "Revoked"
+            else "grant expired"
+        ),
+        grace=grace,
+        soft=bool(grants.soft_revocation),
+    )
+
+
+def _host_exemptions(
+    exemptions: Sequence[GPUExemption], by_user: Mapping[str, Account], now: datetime
+) -> list[tuple[frozenset[str] | None, HostExemption]]:
+    out = []
+    for exemption in exemptions:
+        spec = exemption.spec
+        if "HostAccess" not in spec.exempt_from or spec.subject.kind != "User":
+            continue
+        if exemption_policy.state_at(exemption, now) != "Active":
+            continue
+        account = by_user.get(spec.subject.name)
+        if account is None or account.linux_user is None:
+            continue
+        scope = frozenset(spec.nodes) if spec.nodes else None
+        out.append(
+            (
+                scope,
+                HostExemption(
+                    ObjectReference(kind="GPUExemption", name=exemption.metadata.name),
+                    spec.subject.name,
+                    account.linux_user,
+                    spec.expires_at,
+                ),
+            )
+        )
+    return out

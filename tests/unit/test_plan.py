@@ -1,0 +1,251 @@
+"""The whole-cluster plan: accounts, grants, node specs and usage from objects and time."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from controller.api.kinds import GPUExemption, GPUGrant, GPUNode, GPURateLimit
+from controller.policy import usage
+from controller.policy.plan import Namespace, Snapshot, plan
+from tests.unit.fixtures import T0, a100_node, grant, later
+
+ACCOUNTS = [
+    Namespace(
+        "u-alice",
+        {"gpu.ds01.io/user": "alice-lab.example"},
+        {
+            "gpu.ds01.io/user-name": "alice@lab.example",
+            "gpu.ds01.io/groups": "researcher",
+            "gpu.ds01.io/linux-user": "alice",
+        },
+    ),
+    Namespace(
+        "u-bob",
+        {"gpu.ds01.io/user": "bob-lab.example"},
+        {"gpu.ds01.io/user-name": "bob@lab.example", "gpu.ds01.io/groups": "student"},
+    ),
+    Namespace("default", {}, {}),
+]
+LIMITS = [
+    GPURateLimit.model_validate(
+        {
+            "metadata": {"name": "researcher"},
+            "spec": {
+                "subjects": [{"kind": "Group", "name": "researcher"}],
+                "priority": 20,
+                "gpu": {"maxGPUEquivalents": 1},
+                "grants": {"approval": "Auto", "maxGPUEquivalents": 4, "revocationGrace": "10m"},
+            },
+        }
+    ),
+    GPURateLimit.model_validate(
+        {
+            "metadata": {"name": "student"},
+            "spec": {
+                "subjects": [{"kind": "Group", "name": "student"}],
+                "priority": 20,
+                "grants": {"approval": "Required"},
+            },
+        }
+    ),
+]
+
+
+def world(
+    grants: list[GPUGrant],
+    nodes: list[GPUNode] | None = None,
+    exemptions: list[GPUExemption] | None = None,
+) -> Snapshot:
+    return Snapshot(ACCOUNTS, LIMITS, grants, exemptions or [], nodes or [a100_node()])
+
+
+def settle(snapshot: Snapshot, now: Any) -> Snapshot:
+    """Store a plan's results the way the apiserver would, for the next pass."""
+    decided = plan(snapshot, now)
+    grants = []
+    for g in snapshot.grants:
+        key = f"{g.metadata.namespace}/{g.metadata.name}"
+        spec = (
+            g.spec.model_copy(update={"approval": decided.approvals[key]})
+            if key in decided.approvals
+            else g.spec
+        )
+        grants.append(g.model_copy(update={"spec": spec, "status": decided.grant_status[key]}))
+    nodes = [
+        n.model_copy(update={"spec": decided.node_specs[n.metadata.name]}) for n in snapshot.nodes
+    ]
+    return Snapshot(snapshot.namespaces, snapshot.limits, grants, snapshot.exemptions, nodes)
+
+
+def host_grant(name: str = "host", **extra: Any) -> GPUGrant:
+    return grant(name, access="Host", placement={"nodeName": "gpu-node-1"}, **extra)
+
+
+def test_host_grant_reserves_devices_and_opens_host_access_while_active() -> None:
+    decided = plan(world([host_grant(count=2)]), later(1))
+    assert decided.grant_status["u-alice/host"].state == "Active"
+    spec = decided.node_specs["gpu-node-1"]
+    assert spec.host_access and spec.host_access[0].linux_user == "alice"
+    assert spec.host_access[0].device_uuids and len(spec.host_access[0].device_uuids) == 2
+    assert spec.reservations and {r.user for r in spec.reservations} == {"alice@lab.example"}
+    assert spec.enforcement == "Enforce"
+
+
+def test_pending_reserving_grants_hold_nothing() -> None:
+    pending = grant("wants", user="bob@lab.example", namespace="u-bob", placement={"reserve": True})
+    decided = plan(world([pending]), later(1))
+    assert decided.grant_status["u-bob/wants"].state == "Pending"
+    assert decided.node_specs["gpu-node-1"].reservations is None
+
+
+def test_expiry_closes_host_access_and_revokes_after_the_grace_period() -> None:
+    snapshot = settle(world([host_grant(duration="1h")]), later(1))
+    decided = plan(snapshot, later(61))
+    assert decided.grant_status["u-alice/host"].state == "Expired"
+    spec = decided.node_specs["gpu-node-1"]
+    assert spec.host_access is None and spec.reservations is None
+    assert spec.revocations and spec.revocations[0].effective_at == later(60) + timedelta(
+        minutes=10
+    )
+    assert spec.revocations[0].reason == "grant expired"
+
+
+def test_revocation_outlives_the_deleted_grant() -> None:
+    snapshot = settle(world([host_grant()]), later(1))
+    gone = snapshot.grants[0].model_copy(
+        update={
+            "metadata": snapshot.grants[0].metadata.model_copy(
+                update={"deletion_timestamp": later(5)}
+            )
+        }
+    )
+    snapshot = settle(
+        Snapshot(snapshot.namespaces, snapshot.limits, [gone], [], snapshot.nodes), later(5)
+    )
+    assert (
+        snapshot.nodes[0].spec.revocations
+        and snapshot.nodes[0].spec.revocations[0].reason == "grant deleted"
+    )
+    # The grant object is gone; the node's own spec still carries the revocation.
+    after = plan(Snapshot(snapshot.namespaces, snapshot.limits, [], [], snapshot.nodes), later(6))
+    revocations = after.node_specs["gpu-node-1"].revocations
+    assert revocations and revocations[0].effective_at == later(15)
+    assert (
+        plan(Snapshot(snapshot.namespaces, snapshot.limits, [], [], snapshot.nodes), later(200))
+        .node_specs["gpu-node-1"]
+        .revocations
+        is None
+    )
+
+
+def test_two_grants_for_the_last_device_first_one_wins() -> None:
+    node = a100_node(gpus=1)
+    first = host_grant("first", created=T0)
+    second = host_grant("second", created=T0 + timedelta(seconds=1))
+    decided = plan(world([second, first], [node]), later(1))
+    assert decided.grant_status["u-alice/first"].state == "Active"
+    assert decided.grant_status["u-alice/second"].state == "Approved"
+
+
+def test_host_access_exemption_opens_all_gpus_on_its_nodes() -> None:
+    exemption = GPUExemption.model_validate(
+        {
+            "metadata": {"name": "alice-host"},
+            "spec": {
+                "subject": {"kind": "User", "name": "alice@lab.example"},
+                "exemptFrom": ["HostAccess"],
+                "category": "Waiver",
+                "reason": "driver debugging",
+                "expiresAt": later(120).isoformat(),
+                "nodes": ["gpu-node-1"],
+            },
+        }
+    )
+    nodes = [a100_node("gpu-node-1"), a100_node("gpu-node-2")]
+    decided = plan(world([], nodes, [exemption]), later(1))
+    entry = (decided.node_specs["gpu-node-1"].host_access or [])[0]
+    assert (
+        entry.device_uuids is None
+        and entry.until == later(120)
+        and entry.source.kind == "GPUExemption"
+    )
+    assert decided.node_specs["gpu-node-2"].host_access is None
+    assert (
+        plan(world([], nodes, [exemption]), later(121)).node_specs["gpu-node-1"].host_access is None
+    )
+
+
+def test_enforcement_label_overrides_the_default() -> None:
+    node = a100_node(labels={"gpu.ds01.io/enforcement": "Audit"})
+    assert plan(world([], [node]), later(1)).node_specs["gpu-node-1"].enforcement == "Audit"
+
+
+def test_limit_status_counts_accounts_and_reports_conflicts() -> None:
+    clash = GPURateLimit.model_validate(
+        {
+            "metadata": {"name": "course"},
+            "spec": {
+                "subjects": [{"kind": "Group", "name": "researcher"}],
+                "priority": 20,
+                "gpu": {"maxGPUEquivalents": 3},
+            },
+        }
+    )
+    snapshot = Snapshot(ACCOUNTS, [*LIMITS, clash], [], [], [])
+    decided = plan(snapshot, later(1))
+    status = decided.limit_status["researcher"]
+    assert status.matched_users == 1 and status.subjects == "Group:researcher"
+    conflict = next(c for c in status.conditions or () if c.type == "PriorityConflict")
+    assert "gpu.maxGPUEquivalents (with GPURateLimit/course)" in conflict.message
+
+
+def test_bad_account_annotation_makes_grants_there_invalid() -> None:
+    broken = Namespace("u-eve", {"gpu.ds01.io/user": "eve"}, {"gpu.ds01.io/user-name": "mallory"})
+    snapshot = Snapshot(
+        [*ACCOUNTS, broken], LIMITS, [grant("g", user="eve", namespace="u-eve")], [], []
+    )
+    decided = plan(snapshot, later(1))
+    assert decided.grant_status["u-eve/g"].state == "Invalid"
+    assert "gpu.ds01.io/user-name" in (decided.grant_status["u-eve/g"].conditions or [])[0].message
+
+
+def test_usage_is_charged_to_reserved_devices_and_above_the_allowance() -> None:
+    node = a100_node(gpus=4)
+    snapshot = settle(
+        world([host_grant(count=1, duration="3h"), grant("extra", count=2, duration="3h")], [node]),
+        later(1),
+    )
+    held = snapshot.grants[0].status.allocations[0].devices[0].uuid  # type: ignore[union-attr, index]
+    others = [d.uuid for d in node.status.devices or () if d.uuid != held]  # type: ignore[union-attr]
+    body = node.status.model_dump(by_alias=True, mode="json")  # type: ignore[union-attr]
+    body["workloads"] = [
+        {
+            "kind": "HostProcess",
+            "name": "python",
+            "owner": "alice@lab.example",
+            "ownerSource": "ProcessUID",
+            "devices": [held],
+        },
+        {
+            "kind": "Pod",
+            "name": "train",
+            "namespace": "u-alice",
+            "owner": "alice@lab.example",
+            "ownerSource": "Namespace",
+            "devices": others[:2],
+        },
+    ]
+    report = type(node.status).model_validate(body)  # type: ignore[arg-type]
+    nodes = [n.model_copy(update={"status": report}) for n in snapshot.nodes]
+    snapshot = Snapshot(snapshot.namespaces, snapshot.limits, snapshot.grants, [], nodes)
+    decided = plan(snapshot, later(1) + usage.UPDATE_EVERY)
+    host = decided.grant_status["u-alice/host"].usage
+    extra = decided.grant_status["u-alice/extra"].usage
+    assert host is not None and extra is not None
+    minute = usage.UPDATE_EVERY.total_seconds() / 3600
+    assert host.gpu_hours_used == round(1 * minute, 6)  # its reserved GPU, in use
+    assert extra.gpu_hours_used == round(1 * minute, 6)  # 2 GPUs used, base allowance 1
+    assert host.unused_reserved_hours == 0
+    assert decided.in_use["alice@lab.example"] == 3
+    assert decided.granted["alice@lab.example"] == 3
