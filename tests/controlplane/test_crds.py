@@ -338,13 +338,26 @@ def test_subject_of_a_grant_cannot_change(admin: Kube, invalid_cases_namespace: 
     assert "spec.subject" in result.stderr and "cannot be changed" in result.stderr
 
 
-def test_requested_by_comes_from_the_identity_not_the_client(admin: Kube, invalid_cases_namespace: str) -> None:
+def test_requested_by_comes_from_the_identity_not_the_client(
+    admin: Kube, invalid_cases_namespace: str
+) -> None:
     """The MutatingAdmissionPolicy stamps requestedBy on create and keeps it on every update."""
-    admin.create(_with(_with(GRANT, "metadata.name", "requested-once"), "spec.requestedBy", "a@lab.example"))
+    admin.create(
+        _with(_with(GRANT, "metadata.name", "requested-once"), "spec.requestedBy", "a@lab.example")
+    )
     stored = admin.get("gpugrant", "requested-once", "-n", invalid_cases_namespace)
     assert stored["spec"]["requestedBy"] == "ds01-dev-admin"
     patch = json.dumps({"spec": {"requestedBy": "mallory@lab.example"}})
-    admin.kubectl("patch", "gpugrant", "requested-once", "-n", invalid_cases_namespace, "--type=merge", "-p", patch)
+    admin.kubectl(
+        "patch",
+        "gpugrant",
+        "requested-once",
+        "-n",
+        invalid_cases_namespace,
+        "--type=merge",
+        "-p",
+        patch,
+    )
     stored = admin.get("gpugrant", "requested-once", "-n", invalid_cases_namespace)
     assert stored["spec"]["requestedBy"] == "ds01-dev-admin"
 

@@ -61,11 +61,19 @@ def test_up_detached_then_kubeconfig_then_down(tmp_path: Path) -> None:
         # A newcomer sees the operator at work on the samples: the researcher's Host grant
         # is auto-approved and active on the simulated node, the student's waits.
         def states() -> dict[str, str]:
-            listing = json.loads(kubectl(kubeconfig.group(1), "get", "gpugrants", "-A", "-o", "json"))
-            return {g["metadata"]["name"]: g.get("status", {}).get("state", "") for g in listing["items"]}
+            listing = json.loads(
+                kubectl(kubeconfig.group(1), "get", "gpugrants", "-A", "-o", "json")
+            )
+            return {
+                g["metadata"]["name"]: g.get("status", {}).get("state", "")
+                for g in listing["items"]
+            }
 
-        wait_until(lambda: states() == {"neurips-deadline": "Pending", "nsight-profiling": "Active"}, 60,
-                   "the operator to decide the sample grants")
+        wait_until(
+            lambda: states() == {"neurips-deadline": "Pending", "nsight-profiling": "Active"},
+            60,
+            "the operator to decide the sample grants",
+        )
         again = run(tmp_path, "up", "--detach")
         assert again.returncode == 1 and "already running" in again.stderr
 
