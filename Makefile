@@ -18,8 +18,8 @@ unit: bootstrap
 	$(VENV)/python -m pytest tests/unit
 
 lint: bootstrap
-	$(VENV)/ruff check controller tests
-	$(VENV)/ruff format --check controller tests
+	$(VENV)/ruff check controller tests benchmarks
+	$(VENV)/ruff format --check controller tests benchmarks
 	$(VENV)/mypy
 	$(VENV)/lint-imports
 	$(VENV)/ds01 crds check

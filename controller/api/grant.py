@@ -229,9 +229,13 @@ class GrantUsage(Model):
     gpu_hours_used: Annotated[float, Field(ge=0)]
     """GPU-equivalent-hours the subject used while the grant was active."""
     unused_reserved_hours: Annotated[float, Field(ge=0)] | None = None
-    """Reserved device-hours nobody used (reserving grants only)."""
+    """Reserved GPU-equivalent-hours nobody used (reserving grants only)."""
+    in_use: Annotated[float, Field(ge=0)] = 0
+    """GPU-equivalents charged to the grant since `lastUpdated` (the rate the hours grow at)."""
+    reserved_idle: Annotated[float, Field(ge=0)] = 0
+    """Reserved GPU-equivalents unused since `lastUpdated`."""
     last_updated: Time
-    """When these numbers were computed."""
+    """When the use last changed; the hours above count up to this moment."""
 
 
 class GPUGrantStatus(Model):

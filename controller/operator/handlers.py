@@ -77,7 +77,9 @@ def register(
         settings.watching.client_timeout = 330
         settings.watching.connect_timeout = 10
         settings.networking.error_backoffs = [1, 2, 5, 10, 20]
-        settings.batching.worker_limit = 64
+        # No worker limit: kopf holds each object's worker until every index is
+        # populated, so a limit below the number of objects deadlocks the start-up.
+        settings.batching.worker_limit = None
         settings.execution.max_workers = 4
         memo["task"] = asyncio.create_task(reconciler.run(), name="ds01-reconciler")
 
@@ -109,6 +111,7 @@ def register(
         namespace: str | None, name: str, body: kopf.Body, **_: Any
     ) -> dict[str, GPUGrant]:
         parsed = _parse(GPUGrant, body)
+        reconciler.nudge()
         return {f"{namespace}/{name}": parsed} if parsed else {}
 
     @kopf.index(GROUP, VERSION, "gpuexemptions", registry=registry, id="exemption_index")
@@ -119,16 +122,26 @@ def register(
     @kopf.index(GROUP, VERSION, "gpunodes", registry=registry, id="node_index")
     def node_index(name: str, body: kopf.Body, **_: Any) -> dict[str, GPUNode]:
         parsed = _parse(GPUNode, body)
+        reconciler.nudge()
         return {name: parsed} if parsed else {}
 
     def poke(**kwargs: Any) -> None:
         reconciler.poke(kwargs)
 
+    def deleted(type: str, **_: Any) -> bool:
+        return type == "DELETED"
+
+    # Few objects, rare changes: every event pokes. Grants and nodes are many and
+    # busy (our own status writes echo back), so their index functions nudge the
+    # loop instead, which costs far less than a kopf handler per event; only their
+    # deletions, which skip indexing, need a handler.
     for resource in (
         ("namespaces",),
         (GROUP, VERSION, "gpuratelimits"),
-        (GROUP, VERSION, "gpugrants"),
         (GROUP, VERSION, "gpuexemptions"),
-        (GROUP, VERSION, "gpunodes"),
     ):
         kopf.on.event(*resource, registry=registry, id=f"poke-{resource[-1]}")(poke)
+    for plural in ("gpugrants", "gpunodes"):
+        kopf.on.event(
+            GROUP, VERSION, plural, registry=registry, id=f"deleted-{plural}", when=deleted
+        )(poke)

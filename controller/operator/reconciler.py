@@ -22,7 +22,7 @@ import structlog
 
 from controller.operator import metrics
 from controller.operator.writer import Writer
-from controller.policy.plan import Namespace, Plan, Settings, Snapshot, plan
+from controller.policy.plan import DecisionCache, Namespace, Plan, Settings, Snapshot, plan
 
 log = structlog.get_logger("ds01.operator")
 
@@ -52,6 +52,7 @@ class Reconciler:
         self.indexes: dict[str, Mapping[Any, Any]] = {}
         self._dirty = asyncio.Event()
         self._ready = asyncio.Event()
+        self.cache = DecisionCache()
         self.passes = 0
 
     def poke(self, indexes: Mapping[str, Any]) -> None:
@@ -65,6 +66,11 @@ class Reconciler:
             self.indexes = {name: indexes[name] for name in INDEXES}
             self._ready.set()
         self._dirty.set()
+
+    def nudge(self) -> None:
+        """A change seen while indexing: plan again, once the caches are complete."""
+        if self._ready.is_set():
+            self._dirty.set()
 
     def snapshot(self) -> Snapshot:
         return Snapshot(
@@ -96,7 +102,7 @@ class Reconciler:
         try:
             snapshot = self.snapshot()
             now = self.clock()
-            decided = plan(snapshot, now, self.settings)
+            decided = plan(snapshot, now, self.settings, self.cache)
             failed = await self.writer.apply(decided, snapshot)
             self._observe(decided)
         except Exception:  # one bad pass must not stop the loop; the next one retries

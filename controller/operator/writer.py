@@ -24,6 +24,7 @@ from controller.api.base import GROUP, VERSION
 from controller.api.grant import GrantApproval
 from controller.api.kinds import GPUExemption, GPUGrant, GPURateLimit
 from controller.operator import metrics
+from controller.policy.grants import reserves
 from controller.policy.plan import Plan, Snapshot
 from controller.policy.records import AuditRecord, EventRecord
 from controller.runtime.audit import AuditLog
@@ -84,29 +85,17 @@ class Writer:
         jobs: list[tuple[str, Any]] = []
         for key, status in plan.grant_status.items():
             grant = grants[key]
+            # Only grants that put state on nodes need revoking on deletion.
             needs_finalizer = (
-                FINALIZER not in grant.metadata.finalizers and not grant.metadata.deletion_timestamp
+                reserves(grant)
+                and FINALIZER not in grant.metadata.finalizers
+                and not grant.metadata.deletion_timestamp
             )
             approval = plan.approvals.get(key)
-            if needs_finalizer or approval is not None:
-                jobs.append((key, self._update(grant, needs_finalizer, approval)))
-            patch = merge_patch((grant.status.to_wire() if grant.status else {}), status.to_wire())
-            if patch:
-                jobs.append(
-                    (
-                        key,
-                        self._call(
-                            "gpugrant/status",
-                            self.custom.patch_namespaced_custom_object_status,
-                            GROUP,
-                            VERSION,
-                            grant.metadata.namespace,
-                            "gpugrants",
-                            grant.metadata.name,
-                            {"status": patch},
-                        ),
-                    )
-                )
+            old = grant.status.to_wire() if grant.status else {}
+            patch = None if grant.status == status else merge_patch(old, status.to_wire())
+            if needs_finalizer or approval is not None or patch:
+                jobs.append((key, self._write_grant(grant, needs_finalizer, approval, patch)))
         for exemption in snapshot.exemptions:
             jobs += self._status_job(exemption, plan.exemption_status, "gpuexemptions")
         for limit in snapshot.limits:
@@ -170,6 +159,32 @@ class Writer:
                 ),
             )
         ]
+
+    async def _write_grant(
+        self,
+        grant: GPUGrant,
+        add_finalizer: bool,
+        approval: GrantApproval | None,
+        status_patch: dict[str, Any] | None,
+    ) -> bool:
+        """One grant's writes, in order: the optimistic spec/metadata write first (it
+        carries the resourceVersion the decision was made on), then the status."""
+        if (add_finalizer or approval is not None) and not await self._update(
+            grant, add_finalizer, approval
+        ):
+            return False
+        if not status_patch:
+            return True
+        return await self._call(
+            "gpugrant/status",
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            grant.metadata.namespace,
+            "gpugrants",
+            grant.metadata.name,
+            {"status": status_patch},
+        )
 
     async def _update(
         self, grant: GPUGrant, add_finalizer: bool, approval: GrantApproval | None

@@ -126,16 +126,63 @@ def _request(grant: GPUGrant, settings: Settings) -> Request:
     )
 
 
+@dataclass(frozen=True)
+class _Memo:
+    inputs: tuple[object, ...]
+    decision: grant_policy.GrantDecision
+
+
+class DecisionCache:
+    """Grant decisions remembered between passes, so a pass only redoes what changed.
+
+    A decision depends on the grant (its resourceVersion), the rest of the world
+    that shapes it (limits, accounts, exemptions in force: `world`), its rank
+    and devices, and the time only up to its own `wake_at`. Decisions that emit
+    anything (events, audit, an approval) are never remembered: they change the
+    object, whose next version is decided afresh. The cache only saves work:
+    `plan` gives the same answer without it.
+    """
+
+    def __init__(self) -> None:
+        self._memo: dict[str, _Memo] = {}
+
+    def get(
+        self, key: str, inputs: tuple[object, ...], now: datetime
+    ) -> grant_policy.GrantDecision | None:
+        memo = self._memo.get(key)
+        if memo is None or memo.inputs != inputs:
+            return None
+        wake = memo.decision.wake_at
+        return memo.decision if wake is None or now < wake else None
+
+    def put(
+        self, key: str, inputs: tuple[object, ...], decision: grant_policy.GrantDecision
+    ) -> None:
+        if decision.events or decision.audit or decision.approve is not None:
+            self._memo.pop(key, None)
+        else:
+            self._memo[key] = _Memo(inputs, decision)
+
+    def keep_only(self, keys: set[str]) -> None:
+        for gone in self._memo.keys() - keys:
+            del self._memo[gone]
+
+
 class _Planner:
     """One planning pass: the indexes every decision shares."""
 
-    def __init__(self, snapshot: Snapshot, now: datetime, settings: Settings) -> None:
+    def __init__(
+        self, snapshot: Snapshot, now: datetime, settings: Settings, cache: DecisionCache | None
+    ) -> None:
         self.snapshot, self.now, self.settings = snapshot, now, settings
+        self.cache = cache if cache is not None else DecisionCache()
+        self.world = _world(snapshot, now)
         self.out = Plan()
         self.by_namespace, self.out.account_problems = accounts(snapshot.namespaces)
         self.by_user = {a.user: a for a in self.by_namespace.values()}
         self.named = [NamedLimit(lim.metadata.name, lim.spec) for lim in snapshot.limits]
         self._limits: dict[tuple[str, tuple[str, ...]], EffectiveLimits] = {}
+        self._exempt: dict[tuple[str, tuple[str, ...]], frozenset[str]] = {}
         self.grants = sorted(
             snapshot.grants,
             key=lambda g: (g.metadata.creation_timestamp or now, grant_policy.key(g)),
@@ -155,14 +202,32 @@ class _Planner:
         subject = grant.spec.subject.name
         owner = self.by_user.get(subject)
         groups = owner.groups if owner else ()
-        in_force = exemption_policy.in_force(self.snapshot.exemptions, subject, groups, self.now)
+        if (subject, groups) not in self._exempt:
+            in_force = exemption_policy.in_force(
+                self.snapshot.exemptions, subject, groups, self.now
+            )
+            self._exempt[subject, groups] = exemption_policy.exempt_from(in_force)
         return grant_policy.GrantContext(
             account=account,
             account_problem=self.out.account_problems.get(namespace),
             limits=self.limits(subject, groups),
-            exempt_from=exemption_policy.exempt_from(in_force),
+            exempt_from=self._exempt[subject, groups],
             request_rank=grant_policy.request_rank(grant, self.by_subject[subject]),
         )
+
+    def decide(
+        self, grant: GPUGrant, ctx: grant_policy.GrantContext, tentative: bool = False
+    ) -> grant_policy.GrantDecision:
+        """`grants.decide`, remembered across passes while its inputs are unchanged."""
+        k = grant_policy.key(grant)
+        held = ctx.allocation.uuids if isinstance(ctx.allocation, Allocation) else ctx.allocation
+        inputs = (grant.metadata.resource_version, self.world, ctx.request_rank, held, tentative)
+        memo_key = f"tentative:{k}" if tentative else k
+        found = self.cache.get(memo_key, inputs, self.now)
+        if found is None or grant.metadata.resource_version is None:
+            found = grant_policy.decide(grant, ctx, self.now, self.settings.grants)
+            self.cache.put(memo_key, inputs, found)
+        return found
 
     def run(self) -> Plan:
         out, now = self.out, self.now
@@ -179,7 +244,7 @@ class _Planner:
         requests, existing = [], {}
         for grant in filter(grant_policy.reserves, self.grants):
             k = grant_policy.key(grant)
-            tentative = grant_policy.decide(grant, contexts[k], now, self.settings.grants)
+            tentative = self.decide(grant, contexts[k], tentative=True)
             if tentative.state in ("Approved", "Scheduled", "Active"):
                 requests.append(_request(grant, self.settings))
                 kept = _existing_allocation(grant)
@@ -194,7 +259,7 @@ class _Planner:
         for grant in self.grants:
             k = grant_policy.key(grant)
             ctx = replace(contexts[k], allocation=allocations.get(k))
-            decision = grant_policy.decide(grant, ctx, now, self.settings.grants)
+            decision = self.decide(grant, ctx)
             decisions[k] = decision
             if decision.approve is not None:
                 out.approvals[k] = decision.approve
@@ -265,13 +330,13 @@ class _Planner:
             k = grant_policy.key(grant)
             new = decisions[k].status
             record = usage.account(grant.status or GPUGrantStatus(), new, charged.get(k), self.now)
-            self.out.grant_status[k] = new.model_copy(update={"usage": record})
+            self.out.grant_status[k] = (
+                new if record is new.usage else new.model_copy(update={"usage": record})
+            )
             if new.state == "Active":
                 self.out.granted[grant.spec.subject.name] = self.out.granted.get(
                     grant.spec.subject.name, Fraction(0)
-                ) + Fraction(new.gpu_equivalents or "0")
-                if record is not None:
-                    self.out.wake(record.last_updated + usage.UPDATE_EVERY)
+                ) + usage.fraction(new.gpu_equivalents or "0")
 
     def limit_status(self, limit: GPURateLimit) -> GPURateLimitStatus:
         users = [a for a in self.by_namespace.values() if applies_to(limit.spec, a.user, a.groups)]
@@ -305,9 +370,36 @@ class _Planner:
         )
 
 
-def plan(snapshot: Snapshot, now: datetime, settings: Settings = Settings()) -> Plan:
-    """Decide everything; see the module docstring."""
-    return _Planner(snapshot, now, settings).run()
+def _world(snapshot: Snapshot, now: datetime) -> int:
+    """A fingerprint of what every grant decision shares: limits, accounts, exemptions now."""
+    return hash(
+        (
+            tuple((lim.metadata.name, lim.metadata.resource_version) for lim in snapshot.limits),
+            tuple(
+                (ns.name, tuple(sorted(ns.labels.items())), tuple(sorted(ns.annotations.items())))
+                for ns in snapshot.namespaces
+                if any(k.startswith("gpu.ds01.io/") for k in ns.labels)
+            ),
+            tuple(
+                (e.metadata.name, e.metadata.resource_version, exemption_policy.state_at(e, now))
+                for e in snapshot.exemptions
+            ),
+        )
+    )
+
+
+def plan(
+    snapshot: Snapshot,
+    now: datetime,
+    settings: Settings = Settings(),
+    cache: DecisionCache | None = None,
+) -> Plan:
+    """Decide everything; see the module docstring. ``cache`` only saves work."""
+    planner = _Planner(snapshot, now, settings, cache)
+    decided = planner.run()
+    keys = {grant_policy.key(g) for g in snapshot.grants}
+    planner.cache.keep_only(keys | {f"tentative:{k}" for k in keys})
+    return decided
 
 
 def _node_effect(

@@ -5,22 +5,26 @@ counts 1 GPU-equivalent, a MIG slice its slices over the parent's total. A
 reserving grant is charged for its owner's use of the devices it holds; a
 grant that only raises the allowance is charged for the owner's use above
 their base allowance, shared out over their active grants in creation order.
-Usage is integrated in status (right Riemann sum at each update), never
-across an operator outage longer than `MAX_STEP`: unseen time is not guessed.
+Usage is integrated in status from the rate last observed, so status changes
+only when use does.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from fractions import Fraction
 
 from controller.api.grant import GPUGrantStatus, GrantUsage
 from controller.api.kinds import GPUGrant, GPUNode
 from controller.policy.units import gpu_equivalents
 
-UPDATE_EVERY = timedelta(seconds=60)
-MAX_STEP = timedelta(minutes=5)
+
+@functools.lru_cache(maxsize=256)
+def fraction(text: str) -> Fraction:
+    """A decimal string as a Fraction; cached, as statuses repeat a handful of values."""
+    return Fraction(text)
 
 
 def device_equivalents(nodes: Sequence[GPUNode]) -> dict[str, Fraction]:
@@ -88,42 +92,45 @@ def account(
     charged: tuple[Fraction, Fraction] | None,
     now: datetime,
 ) -> GrantUsage | None:
-    """The grant's usage record after this pass (unchanged until UPDATE_EVERY has passed)."""
+    """The grant's usage record after this pass.
+
+    The record stores the current rate (`inUse`, `reservedIdle`) and the hours
+    accumulated up to `lastUpdated`; hours grow at the stored rate until the
+    rate changes. So a status write happens only when use changes (or the
+    window does), not on a timer, and an operator restart loses nothing: the
+    stored rate covers the time it was away, up to the window's end.
+    """
     if new.window is None or new.gpu_equivalents is None:
         return old.usage
-    size = Fraction(new.gpu_equivalents)
-    granted = float(size) * (new.window.end - new.window.start).total_seconds() / 3600
+    size = fraction(new.gpu_equivalents)
+    window = new.window
+    granted = round(float(size) * (window.end - window.start).total_seconds() / 3600, 3)
+    used, idle = (
+        charged if charged is not None and new.state == "Active" else (Fraction(0), Fraction(0))
+    )
+    rate = (round(float(used), 6), round(float(idle), 6))
     previous = old.usage
     if previous is None:
         return GrantUsage(
-            gpu_hours_granted=round(granted, 3),
+            gpu_hours_granted=granted,
             gpu_hours_used=0.0,
             unused_reserved_hours=0.0 if new.allocations else None,
+            in_use=rate[0],
+            reserved_idle=rate[1],
             last_updated=now,
         )
-    step = now - previous.last_updated
-    if new.state != "Active" or charged is None:
-        if old.state == "Active" and step > timedelta(0):
-            return _advance(previous, granted, (Fraction(0), Fraction(0)), step, now)
-        return previous.model_copy(update={"gpu_hours_granted": round(granted, 3)})
-    if step < UPDATE_EVERY:
-        return previous.model_copy(update={"gpu_hours_granted": round(granted, 3)})
-    return _advance(previous, granted, charged, step, now)
-
-
-def _advance(
-    previous: GrantUsage,
-    granted: float,
-    charged: tuple[Fraction, Fraction],
-    step: timedelta,
-    now: datetime,
-) -> GrantUsage:
-    hours = min(step, MAX_STEP).total_seconds() / 3600
-    used, idle = charged
+    if (previous.in_use, previous.reserved_idle) == rate and previous.gpu_hours_granted == granted:
+        return previous
+    until = min(now, window.end)
+    hours = max(0.0, (until - previous.last_updated).total_seconds() / 3600)
     unused = previous.unused_reserved_hours
     return GrantUsage(
-        gpu_hours_granted=round(granted, 3),
-        gpu_hours_used=round(previous.gpu_hours_used + float(used) * hours, 6),
-        unused_reserved_hours=None if unused is None else round(unused + float(idle) * hours, 6),
+        gpu_hours_granted=granted,
+        gpu_hours_used=round(previous.gpu_hours_used + previous.in_use * hours, 6),
+        unused_reserved_hours=None
+        if unused is None
+        else round(unused + previous.reserved_idle * hours, 6),
+        in_use=rate[0],
+        reserved_idle=rate[1],
         last_updated=now,
     )

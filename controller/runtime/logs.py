@@ -38,3 +38,5 @@ def configure(level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # The official client logs every request at DEBUG; keep it quiet unless asked.
     logging.getLogger("urllib3").setLevel(max(logging.WARNING, root.level))
+    # kopf logs every handler run at INFO; at scale that is most of the process's work.
+    logging.getLogger("kopf.objects").setLevel(max(logging.WARNING, root.level))

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from controller.cli.dev import install
-from controller.devcluster.controlplane import LocalCluster
+from controller.cli.dev import install, start_operator
+from controller.devcluster.controlplane import LocalCluster, free_port
+from controller.devcluster.process import ManagedProcess, wait_until
 from tests.controlplane.kube import Kube
 
 
@@ -46,3 +51,44 @@ def samples(cluster: LocalCluster) -> Path:
     root = Path(__file__).resolve().parents[2]
     cluster.kubectl("apply", "--server-side", "-k", str(root / "manifests" / "samples"))
     return root / "manifests" / "samples"
+
+
+class OperatorEnv:
+    """A second local control plane with the operator running as its ServiceAccount."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self.admin = Kube(cluster, cluster.kubeconfig)
+        self.audit = cluster.workdir / "audit.jsonl"
+        self.metrics_port = free_port()
+        self.process: ManagedProcess | None = None
+
+    def start(self) -> None:
+        self.process = start_operator(
+            self.cluster,
+            "--expiry-warning=4s",
+            "--default-enforcement=Enforce",
+            f"--metrics-port={self.metrics_port}",
+        )
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup handlers, no graceful shutdown."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        wait_until(lambda: not self.process.alive(), 10, "the operator to die")  # type: ignore[union-attr]
+        self.process.stop()
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        if not self.audit.exists():
+            return []
+        return [json.loads(line) for line in self.audit.read_text().splitlines() if line]
+
+
+@pytest.fixture(scope="session")
+def operator_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorEnv]:
+    """Its own cluster (so other tests' hand-written statuses are not reconciled) + samples."""
+    with LocalCluster(tmp_path_factory.mktemp("operator-cluster")) as started:
+        install(started, samples=True)
+        env = OperatorEnv(started)
+        env.start()
+        yield env

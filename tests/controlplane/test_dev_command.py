@@ -48,13 +48,13 @@ def gone(pid: int) -> bool:
 
 def test_up_detached_then_kubeconfig_then_down(tmp_path: Path) -> None:
     up = run(tmp_path, "up", "--detach")
-    assert up.returncode == 0, up.stderr
-    kubeconfig = re.search(r"export KUBECONFIG=(\S+)", up.stdout)
-    assert kubeconfig, up.stdout
-    assert f"Kubernetes {planned().kubernetes_version}" in up.stdout
-    pids = recorded_pids(tmp_path)
-    assert len(pids) == 4  # etcd, kube-apiserver, kube-controller-manager, operator
+    pids = recorded_pids(tmp_path) if (tmp_path / "pids.json").exists() else []
     try:
+        assert up.returncode == 0, up.stderr
+        kubeconfig = re.search(r"export KUBECONFIG=(\S+)", up.stdout)
+        assert kubeconfig, up.stdout
+        assert f"Kubernetes {planned().kubernetes_version}" in up.stdout
+        assert len(pids) == 4  # etcd, kube-apiserver, kube-controller-manager, operator
         grants = kubectl(kubeconfig.group(1), "get", "gpugrants", "-A", "-o", "name")
         assert "gpugrant.gpu.ds01.io/neurips-deadline" in grants
 

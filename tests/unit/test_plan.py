@@ -6,7 +6,6 @@ from datetime import timedelta
 from typing import Any
 
 from controller.api.kinds import GPUExemption, GPUGrant, GPUNode, GPURateLimit
-from controller.policy import usage
 from controller.policy.plan import Namespace, Snapshot, plan
 from tests.unit.fixtures import T0, a100_node, grant, later
 
@@ -210,6 +209,18 @@ def test_bad_account_annotation_makes_grants_there_invalid() -> None:
     assert "gpu.ds01.io/user-name" in (decided.grant_status["u-eve/g"].conditions or [])[0].message
 
 
+def with_workloads(snapshot: Snapshot, workloads: list[dict[str, Any]]) -> Snapshot:
+    """The snapshot with the node's agent reporting ``workloads``."""
+    nodes = []
+    for node in snapshot.nodes:
+        body = node.status.model_dump(by_alias=True, mode="json")  # type: ignore[union-attr]
+        body["workloads"] = workloads
+        nodes.append(node.model_copy(update={"status": type(node.status).model_validate(body)}))
+    return Snapshot(
+        snapshot.namespaces, snapshot.limits, snapshot.grants, snapshot.exemptions, nodes
+    )
+
+
 def test_usage_is_charged_to_reserved_devices_and_above_the_allowance() -> None:
     node = a100_node(gpus=4)
     snapshot = settle(
@@ -218,8 +229,7 @@ def test_usage_is_charged_to_reserved_devices_and_above_the_allowance() -> None:
     )
     held = snapshot.grants[0].status.allocations[0].devices[0].uuid  # type: ignore[union-attr, index]
     others = [d.uuid for d in node.status.devices or () if d.uuid != held]  # type: ignore[union-attr]
-    body = node.status.model_dump(by_alias=True, mode="json")  # type: ignore[union-attr]
-    body["workloads"] = [
+    busy = [
         {
             "kind": "HostProcess",
             "name": "python",
@@ -236,16 +246,38 @@ def test_usage_is_charged_to_reserved_devices_and_above_the_allowance() -> None:
             "devices": others[:2],
         },
     ]
-    report = type(node.status).model_validate(body)  # type: ignore[arg-type]
-    nodes = [n.model_copy(update={"status": report}) for n in snapshot.nodes]
-    snapshot = Snapshot(snapshot.namespaces, snapshot.limits, snapshot.grants, [], nodes)
-    decided = plan(snapshot, later(1) + usage.UPDATE_EVERY)
-    host = decided.grant_status["u-alice/host"].usage
-    extra = decided.grant_status["u-alice/extra"].usage
+    snapshot = settle(with_workloads(snapshot, busy), later(2))
+    host, extra = (g.status.usage for g in snapshot.grants)  # type: ignore[union-attr]
     assert host is not None and extra is not None
-    minute = usage.UPDATE_EVERY.total_seconds() / 3600
-    assert host.gpu_hours_used == round(1 * minute, 6)  # its reserved GPU, in use
-    assert extra.gpu_hours_used == round(1 * minute, 6)  # 2 GPUs used, base allowance 1
-    assert host.unused_reserved_hours == 0
-    assert decided.in_use["alice@lab.example"] == 3
-    assert decided.granted["alice@lab.example"] == 3
+    assert (host.in_use, host.reserved_idle) == (1, 0)  # its reserved GPU, in use
+    assert extra.in_use == 1  # 2 GPUs used outside, base allowance 1
+    assert host.gpu_hours_granted == 3 and extra.gpu_hours_granted == 6
+    # Same use an hour later: nothing to write.
+    again = plan(snapshot, later(62))
+    assert again.grant_status["u-alice/host"].usage is host
+    # Use stops: the hour at the old rate is booked, the rate drops to zero.
+    stopped = plan(with_workloads(snapshot, []), later(62))
+    host_after = stopped.grant_status["u-alice/host"].usage
+    assert host_after is not None and host_after.gpu_hours_used == 1.0 and host_after.in_use == 0
+    assert host_after.reserved_idle == 1
+    assert stopped.in_use == {}
+    assert again.in_use["alice@lab.example"] == 3 and again.granted["alice@lab.example"] == 3
+
+
+def test_usage_is_booked_only_until_the_window_ends() -> None:
+    node = a100_node(gpus=2)
+    snapshot = settle(world([host_grant(duration="1h")], [node]), later(1))
+    held = snapshot.grants[0].status.allocations[0].devices[0].uuid  # type: ignore[union-attr, index]
+    busy = [
+        {
+            "kind": "HostProcess",
+            "name": "x",
+            "owner": "alice@lab.example",
+            "ownerSource": "ProcessUID",
+            "devices": [held],
+        }
+    ]
+    snapshot = settle(with_workloads(snapshot, busy), later(1))
+    # The operator was away for two hours; the grant ended 59 minutes after the last record.
+    record = plan(with_workloads(snapshot, busy), later(181)).grant_status["u-alice/host"].usage
+    assert record is not None and record.gpu_hours_used == round(59 / 60, 6)

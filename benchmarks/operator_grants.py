@@ -1,0 +1,191 @@
+"""Benchmark: 1,000 GPUGrants for 100 users through the real operator.
+
+Starts its own local control plane and the operator (as its ServiceAccount),
+creates 100 accounts whose policy auto-approves, then:
+
+1. burst: 1,000 grants created by 8 concurrent clients; time from each create
+   returning to the operator's status saying Active (seen through a watch);
+2. steady: with those 1,000 present, 50 more grants one at a time (the
+   DESIGN target: p99 under 1 s with 1,000 grants present).
+
+Prints p50/p99 latency, throughput and the operator's RSS (current and peak).
+Not a test: it asserts nothing; run `make bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config, watch
+
+from controller.cli.dev import install, start_operator
+from controller.devcluster.controlplane import LocalCluster
+
+GROUP, VERSION, PLURAL = "gpu.ds01.io", "v1alpha1", "gpugrants"
+
+
+def rss_kib(pid: int) -> tuple[int, int]:
+    fields = dict(
+        line.split(":", 1)
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if ":" in line
+    )
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+class ActiveWatcher(threading.Thread):
+    """Records the first moment each grant is seen Active."""
+
+    def __init__(self, api: client.CustomObjectsApi) -> None:
+        super().__init__(daemon=True)
+        self.api = api
+        self.active: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        stream = watch.Watch().stream(
+            self.api.list_cluster_custom_object, GROUP, VERSION, PLURAL, timeout_seconds=3600
+        )
+        try:
+            self._consume(stream)
+        except Exception:  # the cluster is being stopped under the watch at the end
+            return
+
+    def _consume(self, stream: Any) -> None:
+        for event in stream:
+            obj: dict[str, Any] = event["object"]
+            if obj.get("status", {}).get("state") == "Active":
+                key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
+                with self.lock:
+                    self.active.setdefault(key, time.monotonic())
+
+    def wait_for(self, keys: list[str], deadline_s: float) -> None:
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            with self.lock:
+                if all(k in self.active for k in keys):
+                    return
+            time.sleep(0.01)
+        missing = [k for k in keys if k not in self.active]
+        raise TimeoutError(f"{len(missing)} grants never became Active, e.g. {missing[:3]}")
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def report(name: str, latencies: list[float]) -> None:
+    print(
+        f"{name}: n={len(latencies)} p50={percentile(latencies, 50) * 1000:.0f} ms "
+        f"p99={percentile(latencies, 99) * 1000:.0f} ms max={max(latencies) * 1000:.0f} ms "
+        f"mean={statistics.mean(latencies) * 1000:.0f} ms"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=100)
+    parser.add_argument("--grants", type=int, default=1000)
+    parser.add_argument("--steady", type=int, default=50)
+    args = parser.parse_args()
+
+    with LocalCluster(Path(tempfile.mkdtemp(prefix="ds01-bench-"))) as cluster:
+        install(cluster, samples=False)
+        operator = start_operator(cluster)
+        api_client = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        custom = client.CustomObjectsApi(api_client)
+        core = client.CoreV1Api(api_client)
+        custom.create_cluster_custom_object(
+            GROUP,
+            VERSION,
+            "gpuratelimits",
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "GPURateLimit",
+                "metadata": {"name": "bench"},
+                "spec": {
+                    "subjects": [{"kind": "Group", "name": "bench"}],
+                    "priority": 10,
+                    "grants": {
+                        "approval": "Auto",
+                        "maxGPUEquivalents": "Unlimited",
+                        "maxDuration": "Unlimited",
+                    },
+                    "rates": {"grantRequestsPerDay": "Unlimited"},
+                },
+            },
+        )
+        users = [f"bench{u:03d}@lab.example" for u in range(args.users)]
+        for user in users:
+            name = user.split("@")[0]
+            core.create_namespace(
+                client.V1Namespace(
+                    metadata=client.V1ObjectMeta(
+                        name=f"u-{name}",
+                        labels={"gpu.ds01.io/user": user.replace("@", "-")},
+                        annotations={"gpu.ds01.io/user-name": user, "gpu.ds01.io/groups": "bench"},
+                    )
+                )
+            )
+        watcher = ActiveWatcher(custom)
+        watcher.start()
+
+        def create(index: int) -> tuple[str, float]:
+            user = users[index % len(users)]
+            namespace = f"u-{user.split('@')[0]}"
+            name = f"g-{index:05d}"
+            custom.create_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "GPUGrant",
+                    "metadata": {"name": name, "namespace": namespace},
+                    "spec": {
+                        "subject": {"kind": "User", "name": user},
+                        "gpus": {"count": 1},
+                        "duration": "24h",
+                        "reason": "benchmark",
+                    },
+                },
+            )
+            return f"{namespace}/{name}", time.monotonic()
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            created = list(pool.map(create, range(args.grants)))
+        watcher.wait_for([k for k, _ in created], 600)
+        finished = max(watcher.active[k] for k, _ in created)
+        burst = [watcher.active[k] - t for k, t in created]
+        print(
+            f"burst: {args.grants} grants for {args.users} users created and Active in "
+            f"{finished - started:.1f}s ({args.grants / (finished - started):.0f} grants/s)"
+        )
+        report("burst time-to-Active", burst)
+
+        steady = []
+        for i in range(args.steady):
+            key, t = create(args.grants + i)
+            watcher.wait_for([key], 60)
+            steady.append(watcher.active[key] - t)
+        report(f"steady time-to-Active with {args.grants} grants present", steady)
+        slowest = max(range(len(steady)), key=steady.__getitem__)
+        print(f"  slowest steady grant: #{slowest + 1} of {len(steady)}")
+        current, peak = rss_kib(operator.pid)
+        print(f"operator RSS: {current / 1024:.0f} MiB now, {peak / 1024:.0f} MiB peak")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
