@@ -3,7 +3,7 @@
 # the repository).
 VENV := .venv/bin
 
-.PHONY: up down test lint unit build crds bootstrap
+.PHONY: up down test lint unit build crds bench bootstrap
 
 up: bootstrap
 	$(VENV)/ds01 dev up
@@ -32,3 +32,7 @@ crds: bootstrap
 
 bootstrap:
 	@scripts/bootstrap
+
+# Not a test: prints time-to-Active p50/p99, throughput and operator RSS.
+bench: build
+	$(VENV)/python -m benchmarks.operator_grants

@@ -131,3 +131,9 @@ class Reconciler:
             "Invalid",
         ):
             metrics.GRANTS.labels(state=state).set(states.get(state, 0))
+        metrics.GRANTED.clear()
+        for subject, amount in decided.granted.items():
+            metrics.GRANTED.labels(subject=subject).set(float(amount))
+        metrics.IN_USE.clear()
+        for subject, amount in decided.in_use.items():
+            metrics.IN_USE.labels(subject=subject).set(float(amount))

@@ -455,11 +455,87 @@ def test_host_grant_writes_the_node_spec_and_deletion_revokes(
     assert node()["metadata"]["generation"] > generation
 
 
-def test_metrics_are_served(operator_env: OperatorEnv, researcher: tuple[str, Kube]) -> None:
+def scrape(env: OperatorEnv) -> str:
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{env.metrics_port}/metrics", timeout=5
+    ) as response:
+        return response.read().decode()
+
+
+def test_metrics_are_served(operator_env: OperatorEnv) -> None:
+    # The samples hold one grant waiting for an approver (neurips-deadline).
+    wait_until(
+        lambda: (
+            re.search(r'ds01_grants\{state="Pending"\} [1-9]', scrape(operator_env)) is not None
+        ),
+        30,
+        "the Pending grants gauge",
+    )
+    text = scrape(operator_env)
+    assert "ds01_operator_reconciles_total" in text
+    assert 'ds01_operator_api_writes_total{result="ok",what="gpugrant/status"}' in text
+
+
+def test_usage_is_accounted_from_what_the_agent_reports(
+    operator_env: OperatorEnv, researcher: tuple[str, Kube], gpu_node: str
+) -> None:
+    namespace, res = researcher
+    res.create(
+        grant_manifest(
+            namespace,
+            "measured",
+            "res@lab.example",
+            access="Host",
+            placement={"nodeName": gpu_node},
+        )
+    )
+    active = wait_state(res, namespace, "measured", "Active")
+    device = active["status"]["allocations"][0]["devices"][0]["uuid"]
+    usage = active["status"]["usage"]
+    assert usage["gpuHoursGranted"] == 1.0 and usage["inUse"] == 0 and usage["reservedIdle"] == 1
+    # The agent reports a process of the grant's owner on the reserved GPU.
+    report = simnode.status(gpu_node)
+    report["status"]["workloads"] = [
+        {
+            "kind": "HostProcess",
+            "name": "python train.py",
+            "owner": "res@lab.example",
+            "ownerSource": "ProcessUID",
+            "devices": [device],
+            "processes": [{"pid": 4242, "deviceUUID": device, "memoryUsedMiB": 1024}],
+        }
+    ]
+    operator_env.admin.kubectl(
+        "patch",
+        "gpunode",
+        gpu_node,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(report),
+    )
+
+    def in_use() -> float:
+        return float(grant(res, namespace, "measured")["status"]["usage"]["inUse"])
+
+    wait_until(lambda: in_use() == 1.0, 30, "the grant to be charged for the reported use")
+    assert grant(res, namespace, "measured")["status"]["usage"]["reservedIdle"] == 0
     with urllib.request.urlopen(
         f"http://127.0.0.1:{operator_env.metrics_port}/metrics", timeout=5
     ) as response:
-        text = response.read().decode()
-    assert "ds01_operator_reconciles_total" in text
-    assert re.search(r'ds01_grants\{state="Expired"\} [1-9]', text)
-    assert 'ds01_operator_api_writes_total{result="ok",what="gpugrant/status"}' in text
+        assert (
+            'ds01_gpu_equivalents_in_use{subject="res@lab.example"} 1.0' in response.read().decode()
+        )
+    report["status"]["workloads"] = []
+    operator_env.admin.kubectl(
+        "patch",
+        "gpunode",
+        gpu_node,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(report),
+    )
+    wait_until(lambda: in_use() == 0.0, 30, "the charge to stop when the use stops")
+    assert grant(res, namespace, "measured")["status"]["usage"]["gpuHoursUsed"] > 0
+    res.kubectl("delete", "gpugrant", "measured", "-n", namespace)

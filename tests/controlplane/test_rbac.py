@@ -148,3 +148,65 @@ def test_can_i_matches_the_roles(as_user, samples: Path) -> None:
     for who, question, expected in cases:
         answer = as_user(*who).kubectl("auth", "can-i", *question, check=False).stdout.strip()
         assert answer == expected, (who, question, answer)
+
+
+def test_only_admins_change_account_labels_and_annotations(
+    admin: Kube, as_user, samples: Path
+) -> None:
+    """Even someone RBAC lets edit namespaces cannot touch gpu.ds01.io/ metadata."""
+    admin.apply(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "namespace-editor"},
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["namespaces"],
+                    "verbs": ["get", "list", "patch", "update"],
+                }
+            ],
+        }
+    )
+    admin.apply(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "namespace-editor"},
+            "subjects": [
+                {
+                    "kind": "User",
+                    "name": "lab.manager@lab.example",
+                    "apiGroup": "rbac.authorization.k8s.io",
+                }
+            ],
+            "roleRef": {
+                "kind": "ClusterRole",
+                "name": "namespace-editor",
+                "apiGroup": "rbac.authorization.k8s.io",
+            },
+        }
+    )
+    manager: Kube = as_user("lab.manager@lab.example")
+    promoted = manager.kubectl(
+        "annotate", "namespace", "u-248835", "--overwrite", "gpu.ds01.io/groups=admin", check=False
+    )
+    assert promoted.returncode != 0
+    assert "ds01-account-labels" in promoted.stderr and "only members of" in promoted.stderr
+    relabelled = manager.kubectl(
+        "label", "namespace", "u-248835", "--overwrite", "gpu.ds01.io/user=someone", check=False
+    )
+    assert relabelled.returncode != 0 and "gpu.ds01.io/ labels and annotations" in relabelled.stderr
+    # Other metadata stays the manager's to edit.
+    manager.kubectl("label", "namespace", "u-248835", "--overwrite", "team=vision")
+    ds01_admin: Kube = as_user(*ADMIN)
+    ds01_admin.kubectl(
+        "annotate", "namespace", "u-248835", "--overwrite", "gpu.ds01.io/groups=student,approver"
+    )
+    assert (
+        admin.get("namespace", "u-248835")["metadata"]["annotations"]["gpu.ds01.io/groups"]
+        == "student,approver"
+    )
+    ds01_admin.kubectl(
+        "annotate", "namespace", "u-248835", "--overwrite", "gpu.ds01.io/groups=student"
+    )

@@ -281,3 +281,61 @@ def test_usage_is_booked_only_until_the_window_ends() -> None:
     # The operator was away for two hours; the grant ended 59 minutes after the last record.
     record = plan(with_workloads(snapshot, busy), later(181)).grant_status["u-alice/host"].usage
     assert record is not None and record.gpu_hours_used == round(59 / 60, 6)
+
+
+def test_the_decision_cache_never_changes_an_answer() -> None:
+    """Plans with a cache carried across passes equal plans computed from scratch."""
+    from controller.policy.plan import DecisionCache
+
+    def versioned(g: GPUGrant, rv: int) -> GPUGrant:
+        return g.model_copy(
+            update={"metadata": g.metadata.model_copy(update={"resource_version": str(rv)})}
+        )
+
+    cache = DecisionCache()
+    grants = [
+        versioned(host_grant(duration="1h"), 1),
+        versioned(grant("extra", duration="30m"), 1),
+        versioned(
+            grant("bobs", user="bob@lab.example", namespace="u-bob", placement={"reserve": True}), 1
+        ),
+    ]
+    snapshot = world(grants)
+    limits = list(snapshot.limits)
+    for step, minute in enumerate([1, 1, 2, 29, 30, 31, 59, 60, 61, 90]):
+        if minute == 31:  # bob's group gets auto-approval half way through
+            limits = [
+                *limits,
+                GPURateLimit.model_validate(
+                    {
+                        "metadata": {"name": "bob", "resourceVersion": "7"},
+                        "spec": {
+                            "subjects": [{"kind": "User", "name": "bob@lab.example"}],
+                            "grants": {"approval": "Auto"},
+                        },
+                    }
+                ),
+            ]
+            snapshot = Snapshot(snapshot.namespaces, limits, snapshot.grants, [], snapshot.nodes)
+        cached = plan(snapshot, later(minute), cache=cache)
+        fresh = plan(snapshot, later(minute))
+        assert cached.grant_status == fresh.grant_status, (step, minute)
+        assert cached.node_specs == fresh.node_specs
+        assert cached.approvals == fresh.approvals
+        assert [e.reason for e in cached.events] == [e.reason for e in fresh.events]
+        stored = []
+        for g in snapshot.grants:
+            key = f"{g.metadata.namespace}/{g.metadata.name}"
+            status, approval = fresh.grant_status[key], fresh.approvals.get(key)
+            changed = status != g.status or approval is not None
+            spec = g.spec.model_copy(update={"approval": approval}) if approval else g.spec
+            updated = g.model_copy(update={"status": status, "spec": spec})
+            stored.append(
+                versioned(updated, int(g.metadata.resource_version or 0) + 1) if changed else g
+            )
+        nodes = [
+            n.model_copy(update={"spec": fresh.node_specs[n.metadata.name]}) for n in snapshot.nodes
+        ]
+        snapshot = Snapshot(snapshot.namespaces, limits, stored, [], nodes)
+    states = {k: s.state for k, s in plan(snapshot, later(91), cache=cache).grant_status.items()}
+    assert states == {"u-alice/host": "Expired", "u-alice/extra": "Expired", "u-bob/bobs": "Active"}
