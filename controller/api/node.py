@@ -117,6 +117,24 @@ class Revocation(Model):
     """The object whose expiry or revocation caused it."""
 
 
+class LifecycleExemptionEntry(Model):
+    """A user whose GPU workloads on this node are not reaped for idleness or runtime."""
+
+    user: _Principal
+    """The user's account name (group exemptions are expanded to their members)."""
+    linux_user: _LinuxUser | None = None
+    """The user's Linux login, for containers the Docker gateway attributes by UID."""
+    exempt_from: Annotated[
+        list[Literal["IdleTimeout", "MaxRuntime"]],
+        Field(min_length=1, max_length=2, json_schema_extra={"x-kubernetes-list-type": "set"}),
+    ]
+    """`IdleTimeout`, `MaxRuntime` or both."""
+    until: Time | None = None
+    """When the exemption ends; permanent when left out."""
+    source: ObjectReference
+    """The GPUExemption that gave it."""
+
+
 class GPUNodeSpec(Model):
     """What this node's agent must enforce; written by the operator only."""
 
@@ -128,6 +146,10 @@ class GPUNodeSpec(Model):
     """Devices held for users by reserving grants; the operator never writes two overlapping holds on one device."""
     revocations: Annotated[list[Revocation], Field(max_length=1024)] | None = None
     """GPU use to end, each after its grace period."""
+    lifecycle_exemptions: (
+        Annotated[list[LifecycleExemptionEntry], Field(max_length=1024)] | None
+    ) = None
+    """Users exempt from idle reaping or the runtime cap on this node."""
 
 
 class DeviceNumbers(Model):

@@ -16,6 +16,7 @@ from controller.api.node import (
     EnforcementMode,
     GPUNodeSpec,
     HostAccessEntry,
+    LifecycleExemptionEntry,
     ObjectReference,
     Reservation,
     Revocation,
@@ -74,6 +75,7 @@ def node_spec(
     current: GPUNodeSpec | None,
     now: datetime,
     default_mode: EnforcementMode,
+    lifecycle: Sequence[LifecycleExemptionEntry] = (),
 ) -> GPUNodeSpec:
     """The spec the operator writes for ``node``."""
     mine = sorted(
@@ -127,6 +129,7 @@ def node_spec(
         host_access=host or None,
         reservations=reservations or None,
         revocations=[revocations[k] for k in sorted(revocations)] or None,
+        lifecycle_exemptions=list(lifecycle) or None,
     )
 
 

@@ -18,7 +18,12 @@ from controller.api.account import Account, AccountError, parse_account
 from controller.api.exemption import GPUExemptionStatus
 from controller.api.grant import GPUGrantStatus, GrantApproval
 from controller.api.kinds import GPUExemption, GPUGrant, GPUNode, GPURateLimit
-from controller.api.node import EnforcementMode, GPUNodeSpec, ObjectReference
+from controller.api.node import (
+    EnforcementMode,
+    GPUNodeSpec,
+    LifecycleExemptionEntry,
+    ObjectReference,
+)
 from controller.api.ratelimit import GPURateLimitStatus
 from controller.policy import exemptions as exemption_policy
 from controller.policy import grants as grant_policy
@@ -283,6 +288,7 @@ class _Planner:
                 current=node.spec,
                 now=now,
                 default_mode=self.settings.default_enforcement,
+                lifecycle=self.lifecycle_exemptions(name),
             )
             out.node_specs[name] = spec
             out.wake(next_change(spec, now))
@@ -337,6 +343,36 @@ class _Planner:
                 self.out.granted[grant.spec.subject.name] = self.out.granted.get(
                     grant.spec.subject.name, Fraction(0)
                 ) + usage.fraction(new.gpu_equivalents or "0")
+
+    def lifecycle_exemptions(self, node: str) -> list[LifecycleExemptionEntry]:
+        """Idle and runtime exemptions in force on ``node``, expanded to the users they cover."""
+        entries = []
+        for exemption in sorted(self.snapshot.exemptions, key=lambda e: e.metadata.name):
+            spec = exemption.spec
+            rules = sorted({"IdleTimeout", "MaxRuntime"} & set(spec.exempt_from))
+            if not rules or exemption_policy.state_at(exemption, self.now) != "Active":
+                continue
+            if spec.nodes and node not in spec.nodes:
+                continue
+            members = [
+                a
+                for a in self.by_namespace.values()
+                if (spec.subject.kind == "User" and a.user == spec.subject.name)
+                or (spec.subject.kind == "Group" and spec.subject.name in a.groups)
+            ]
+            if spec.subject.kind == "User" and not members:
+                members = [Account(namespace="-", user=spec.subject.name)]
+            for account in sorted(members, key=lambda a: a.user):
+                entries.append(
+                    LifecycleExemptionEntry(
+                        user=account.user,
+                        linux_user=account.linux_user,
+                        exempt_from=rules,
+                        until=spec.expires_at,
+                        source=ObjectReference(kind="GPUExemption", name=exemption.metadata.name),
+                    )
+                )
+        return entries
 
     def limit_status(self, limit: GPURateLimit) -> GPURateLimitStatus:
         users = [a for a in self.by_namespace.values() if applies_to(limit.spec, a.user, a.groups)]
