@@ -342,10 +342,24 @@ def test_the_decision_cache_never_changes_an_answer() -> None:
 
 
 def test_lifecycle_exemptions_reach_the_nodes_expanded_to_users() -> None:
-    group = GPUExemption.model_validate({"metadata": {"name": "researchers-long-runs"}, "spec": {
-        "subject": {"kind": "Group", "name": "researcher"}, "exemptFrom": ["MaxRuntime", "Budget"],
-        "category": "ResearchGrant", "reason": "conference week", "expiresAt": later(60).isoformat()}})
+    group = GPUExemption.model_validate(
+        {
+            "metadata": {"name": "researchers-long-runs"},
+            "spec": {
+                "subject": {"kind": "Group", "name": "researcher"},
+                "exemptFrom": ["MaxRuntime", "Budget"],
+                "category": "ResearchGrant",
+                "reason": "conference week",
+                "expiresAt": later(60).isoformat(),
+            },
+        }
+    )
     decided = plan(world([], None, [group]), later(1))
     entries = decided.node_specs["gpu-node-1"].lifecycle_exemptions or []
-    assert [(e.user, e.linux_user, e.exempt_from) for e in entries] == [("alice@lab.example", "alice", ["MaxRuntime"])]
-    assert plan(world([], None, [group]), later(61)).node_specs["gpu-node-1"].lifecycle_exemptions is None
+    assert [(e.user, e.linux_user, e.exempt_from) for e in entries] == [
+        ("alice@lab.example", "alice", ["MaxRuntime"])
+    ]
+    assert (
+        plan(world([], None, [group]), later(61)).node_specs["gpu-node-1"].lifecycle_exemptions
+        is None
+    )
