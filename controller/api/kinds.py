@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import Field
 
@@ -30,44 +30,41 @@ class ObjectMeta(Model):
     finalizers: list[str] = Field(default_factory=list)
 
 
-class GPURateLimit(Model):
+SpecT = TypeVar("SpecT", bound=Model)
+StatusT = TypeVar("StatusT", bound=Model)
+
+
+class Resource(Model, Generic[SpecT, StatusT]):
+    """A whole object of one of our kinds: apiVersion, kind, metadata, spec, status."""
+
+    api_version: Annotated[str, Field(alias="apiVersion")] = API_VERSION
+    metadata: ObjectMeta
+    spec: SpecT
+    status: StatusT | None = None
+
+
+class GPURateLimit(Resource[GPURateLimitSpec, GPURateLimitStatus]):
     """Limits and rates for a set of users or groups."""
 
-    api_version: Annotated[str, Field(alias="apiVersion")] = API_VERSION
     kind: Literal["GPURateLimit"] = "GPURateLimit"
-    metadata: ObjectMeta
-    spec: GPURateLimitSpec
-    status: GPURateLimitStatus | None = None
 
 
-class GPUGrant(Model):
+class GPUGrant(Resource[GPUGrantSpec, GPUGrantStatus]):
     """A time-bounded GPU allowance for one user."""
 
-    api_version: Annotated[str, Field(alias="apiVersion")] = API_VERSION
     kind: Literal["GPUGrant"] = "GPUGrant"
-    metadata: ObjectMeta
-    spec: GPUGrantSpec
-    status: GPUGrantStatus | None = None
 
 
-class GPUExemption(Model):
+class GPUExemption(Resource[GPUExemptionSpec, GPUExemptionStatus]):
     """An expiring, audited exception to one kind of rule."""
 
-    api_version: Annotated[str, Field(alias="apiVersion")] = API_VERSION
     kind: Literal["GPUExemption"] = "GPUExemption"
-    metadata: ObjectMeta
-    spec: GPUExemptionSpec
-    status: GPUExemptionStatus | None = None
 
 
-class GPUNode(Model):
+class GPUNode(Resource[GPUNodeSpec, GPUNodeStatus]):
     """Desired and observed GPU state of one node."""
 
-    api_version: Annotated[str, Field(alias="apiVersion")] = API_VERSION
     kind: Literal["GPUNode"] = "GPUNode"
-    metadata: ObjectMeta
-    spec: GPUNodeSpec
-    status: GPUNodeStatus | None = None
 
 
 def parse(body: dict[str, Any]) -> GPURateLimit | GPUGrant | GPUExemption | GPUNode:

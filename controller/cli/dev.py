@@ -15,6 +15,7 @@ import shlex
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +97,12 @@ def install(cluster: LocalCluster, samples: bool = True) -> None:
 SIMULATED_NODE = "gpu-node-1"
 
 
-def add_simulated_node(cluster: LocalCluster, name: str) -> None:
+def add_simulated_node(
+    cluster: LocalCluster, name: str, labels: Mapping[str, str] | None = None
+) -> None:
     """Create a GPUNode and write its status as an agent would (no agent runs locally yet)."""
-    cluster.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(simnode.gpunode(name)))
+    body = json.dumps(simnode.gpunode(name, labels))
+    cluster.kubectl("apply", "--server-side", "-f", "-", stdin=body)
     cluster.kubectl(
         "patch",
         "gpunode",

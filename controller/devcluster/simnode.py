@@ -9,6 +9,7 @@ A100-SXM4-40GB fully NVLinked, GPUs 0 and 1 in MIG mode (2g.20gb x 3 +
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,8 +20,19 @@ def _uuid(prefix: str, *parts: object) -> str:
     return f"{prefix}-{uuid.uuid5(uuid.NAMESPACE_URL, '/'.join(map(str, parts)))}"
 
 
-def inventory(node: str, gpus: int = 8, mig_gpus: tuple[int, ...] = (0, 1)) -> list[dict[str, Any]]:
-    """The `status.devices` of a simulated A100 node."""
+def inventory(
+    node: str,
+    gpus: int = 8,
+    mig: Mapping[int, Sequence[str]] | None = None,
+    nvlink: bool = True,
+    unhealthy: Sequence[int] = (),
+) -> list[dict[str, Any]]:
+    """The `status.devices` of a simulated A100 node.
+
+    ``mig`` maps a GPU index to the profiles of its MIG instances (default: GPUs
+    0 and 1 with DS01's layout); ``nvlink`` connects every GPU to every other.
+    """
+    layouts = {0: MIG_LAYOUT, 1: MIG_LAYOUT} if mig is None else mig
     devices = []
     for index in range(gpus):
         device: dict[str, Any] = {
@@ -30,14 +42,14 @@ def inventory(node: str, gpus: int = 8, mig_gpus: tuple[int, ...] = (0, 1)) -> l
             "memoryMiB": 40960,
             "device": {"major": 195, "minor": index},
             "pciBusID": f"00000000:{0x07 + index * 0x10:02X}:00.0",
-            "health": "Healthy",
+            "health": "Unhealthy" if index in unhealthy else "Healthy",
             "utilizationPercent": 0,
             "memoryUsedMiB": 0,
-            "nvlinkPeers": [i for i in range(gpus) if i != index],
+            "nvlinkPeers": [i for i in range(gpus) if i != index] if nvlink else [],
         }
-        if index in mig_gpus:
+        if index in layouts:
             start, instances = 0, []
-            for gi, profile in enumerate(MIG_LAYOUT, start=1):
+            for gi, profile in enumerate(layouts[index], start=1):
                 slices = int(profile[0])
                 instances.append(
                     {
@@ -58,12 +70,12 @@ def inventory(node: str, gpus: int = 8, mig_gpus: tuple[int, ...] = (0, 1)) -> l
     return devices
 
 
-def gpunode(node: str) -> dict[str, Any]:
+def gpunode(node: str, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The GPUNode object to create (spec is the operator's to fill)."""
     return {
         "apiVersion": "gpu.ds01.io/v1alpha1",
         "kind": "GPUNode",
-        "metadata": {"name": node, "labels": {"gpu.ds01.io/simulated": "true"}},
+        "metadata": {"name": node, "labels": {"gpu.ds01.io/simulated": "true", **(labels or {})}},
         "spec": {"enforcement": "Audit"},
     }
 

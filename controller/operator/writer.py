@@ -190,32 +190,26 @@ class Writer:
         self, grant: GPUGrant, add_finalizer: bool, approval: GrantApproval | None
     ) -> bool:
         """Add our finalizer and/or the operator's approval, in one optimistic write."""
-        # resourceVersion: never auto-approve a spec that changed since it was judged.
-        body: dict[str, Any] = {"metadata": {"resourceVersion": grant.metadata.resource_version}}
+        body: dict[str, Any] = {}
         if add_finalizer:
-            body["metadata"]["finalizers"] = [*grant.metadata.finalizers, FINALIZER]
+            body["metadata"] = {"finalizers": [*grant.metadata.finalizers, FINALIZER]}
         if approval is not None:
             body["spec"] = {"approval": approval.to_wire()}
-        return await self._call(
-            "gpugrant",
-            self.custom.patch_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            grant.metadata.namespace,
-            "gpugrants",
-            grant.metadata.name,
-            body,
-        )
+        return await self._patch_grant(grant, body, "gpugrant")
 
     async def _release(self, grant: GPUGrant) -> bool:
-        body = {
-            "metadata": {
-                "finalizers": [f for f in grant.metadata.finalizers if f != FINALIZER],
-                "resourceVersion": grant.metadata.resource_version,
-            }
-        }
+        finalizers = [f for f in grant.metadata.finalizers if f != FINALIZER]
+        return await self._patch_grant(
+            grant, {"metadata": {"finalizers": finalizers}}, "gpugrant/finalizer"
+        )
+
+    async def _patch_grant(self, grant: GPUGrant, body: dict[str, Any], what: str) -> bool:
+        """Merge-patch the grant at the resourceVersion it was decided on (409 if it moved):
+        never auto-approve or release a spec that changed since it was judged."""
+        metadata = body.setdefault("metadata", {})
+        metadata["resourceVersion"] = grant.metadata.resource_version
         return await self._call(
-            "gpugrant/finalizer",
+            what,
             self.custom.patch_namespaced_custom_object,
             GROUP,
             VERSION,

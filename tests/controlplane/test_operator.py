@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from controller.cli.dev import add_simulated_node
 from controller.devcluster import simnode
 from controller.devcluster.process import wait_until
 from tests.controlplane.conftest import OperatorEnv
@@ -134,19 +135,17 @@ def approver(operator_env: OperatorEnv) -> tuple[str, Kube]:
 @pytest.fixture(scope="module")
 def gpu_node(operator_env: OperatorEnv) -> str:
     """A GPUNode whose status is written exactly as an agent writes it."""
-    name = "node-a"
-    admin = operator_env.admin
-    admin.kubectl("apply", "-f", "-", stdin=json.dumps(simnode.gpunode(name)))
-    admin.kubectl(
-        "patch",
-        "gpunode",
-        name,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps(simnode.status(name)),
+    add_simulated_node(operator_env.cluster, "node-a")
+    return "node-a"
+
+
+def report_workloads(env: OperatorEnv, node: str, workloads: list[dict[str, Any]]) -> None:
+    """Write the node's status with ``workloads``, as its agent would."""
+    report = simnode.status(node)
+    report["status"]["workloads"] = workloads
+    env.admin.kubectl(
+        "patch", "gpunode", node, "--subresource=status", "--type=merge", "-p", json.dumps(report)
     )
-    return name
 
 
 def test_grant_lifecycle_in_seconds(
@@ -494,25 +493,19 @@ def test_usage_is_accounted_from_what_the_agent_reports(
     usage = active["status"]["usage"]
     assert usage["gpuHoursGranted"] == 1.0 and usage["inUse"] == 0 and usage["reservedIdle"] == 1
     # The agent reports a process of the grant's owner on the reserved GPU.
-    report = simnode.status(gpu_node)
-    report["status"]["workloads"] = [
-        {
-            "kind": "HostProcess",
-            "name": "python train.py",
-            "owner": "res@lab.example",
-            "ownerSource": "ProcessUID",
-            "devices": [device],
-            "processes": [{"pid": 4242, "deviceUUID": device, "memoryUsedMiB": 1024}],
-        }
-    ]
-    operator_env.admin.kubectl(
-        "patch",
-        "gpunode",
+    report_workloads(
+        operator_env,
         gpu_node,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps(report),
+        [
+            {
+                "kind": "HostProcess",
+                "name": "python train.py",
+                "owner": "res@lab.example",
+                "ownerSource": "ProcessUID",
+                "devices": [device],
+                "processes": [{"pid": 4242, "deviceUUID": device, "memoryUsedMiB": 1024}],
+            }
+        ],
     )
 
     def in_use() -> float:
@@ -526,16 +519,7 @@ def test_usage_is_accounted_from_what_the_agent_reports(
         assert (
             'ds01_gpu_equivalents_in_use{subject="res@lab.example"} 1.0' in response.read().decode()
         )
-    report["status"]["workloads"] = []
-    operator_env.admin.kubectl(
-        "patch",
-        "gpunode",
-        gpu_node,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps(report),
-    )
+    report_workloads(operator_env, gpu_node, [])
     wait_until(lambda: in_use() == 0.0, 30, "the charge to stop when the use stops")
     assert grant(res, namespace, "measured")["status"]["usage"]["gpuHoursUsed"] > 0
     res.kubectl("delete", "gpugrant", "measured", "-n", namespace)

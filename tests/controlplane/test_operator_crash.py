@@ -7,13 +7,13 @@ is deliberately smaller than demand so that the devices are contested.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kubernetes import client
 
+from controller.cli.dev import add_simulated_node
 from controller.devcluster import simnode
 from controller.devcluster.process import wait_until
 from tests.controlplane.conftest import OperatorEnv
@@ -55,18 +55,7 @@ def test_sigkill_during_200_creations_loses_nothing(operator_env: OperatorEnv) -
         }
     )
     for name in NODES:
-        body = simnode.gpunode(name)
-        body["metadata"]["labels"]["gpu.ds01.io/crash-test"] = "true"
-        admin.kubectl("apply", "-f", "-", stdin=json.dumps(body))
-        admin.kubectl(
-            "patch",
-            "gpunode",
-            name,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            json.dumps(simnode.status(name)),
-        )
+        add_simulated_node(operator_env.cluster, name, {"gpu.ds01.io/crash-test": "true"})
     whole_gpus = sum(
         1 for name in NODES for d in simnode.inventory(name) if "migInstances" not in d
     )

@@ -7,12 +7,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from controller.api.kinds import GPUGrant, GPUNode
+from controller.devcluster import simnode
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-
-
-def device_uuid(prefix: str, node: str, index: int, sub: int = 0) -> str:
-    return f"{prefix}-{uuid.uuid5(uuid.NAMESPACE_DNS, f'{node}/{index}/{sub}')}"
 
 
 def a100_node(
@@ -24,41 +21,14 @@ def a100_node(
     labels: dict[str, str] | None = None,
 ) -> GPUNode:
     """An agent's report of an A100 node; ``mig`` maps a GPU index to its instances' profiles."""
-    mig = mig or {}
-    devices: list[dict[str, Any]] = []
-    for index in range(gpus):
-        device: dict[str, Any] = {
-            "uuid": device_uuid("GPU", name, index),
-            "index": index,
-            "model": "NVIDIA A100-SXM4-40GB",
-            "memoryMiB": 40960,
-            "device": {"major": 195, "minor": index},
-            "health": "Unhealthy" if index in unhealthy else "Healthy",
-            "nvlinkPeers": [i for i in range(gpus) if i != index] if nvlink else [],
-        }
-        if index in mig:
-            start = 0
-            instances = []
-            for sub, profile in enumerate(mig[index]):
-                slices = int(profile[0])
-                instances.append(
-                    {
-                        "uuid": device_uuid("MIG", name, index, sub),
-                        "profile": profile,
-                        "slices": slices,
-                        "placementStart": start,
-                        "gpuInstanceID": sub + 1,
-                        "computeInstanceID": 0,
-                    }
-                )
-                start += slices
-            device |= {"migEnabled": True, "migTotalSlices": 7, "migInstances": instances}
-        devices.append(device)
     return GPUNode.model_validate(
         {
             "metadata": {"name": name, "labels": labels or {}},
             "spec": {"enforcement": "Enforce"},
-            "status": {"devices": devices, "gpus": gpus},
+            "status": {
+                "devices": simnode.inventory(name, gpus, mig or {}, nvlink, unhealthy),
+                "gpus": gpus,
+            },
         }
     )
 
