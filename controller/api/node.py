@@ -295,7 +295,7 @@ class GPUNodeStatus(Model):
     agent: AgentInfo | None = None
     """Agent version and heartbeat."""
     conditions: Conditions | None = None
-    """`Ready`, `PolicyApplied` and `Healthy`."""
+    """`AgentReady`, `InventoryCurrent` and (with enforcement) `PolicyApplied`."""
     gpus: Annotated[int, Field(ge=0, le=64)] | None = None
     """Number of physical GPUs."""
     healthy_devices: Annotated[int, Field(ge=0, le=1024)] | None = None
@@ -306,3 +306,7 @@ class GPUNodeStatus(Model):
     """GPU workloads and their owners."""
     violations: Annotated[list[Violation], Field(max_length=1024)] | None = None
     """GPU use that breaks policy."""
+    workload_count: Annotated[int, Field(ge=0)] | None = None
+    """All GPU workloads seen; more than `workloads` lists when that list was cut at its bound."""
+    violation_count: Annotated[int, Field(ge=0)] | None = None
+    """All violations seen; more than `violations` lists when that list was cut at its bound."""

@@ -13,6 +13,7 @@ import json
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Mapping
@@ -55,24 +56,33 @@ def wait_for_admission(cluster: LocalCluster, deadline_s: float = 60) -> None:
 
     Server-side dry runs go through admission without storing anything: the
     mutating policy must stamp `requestedBy` over a forged value, and the
-    validating policy must refuse the admin's approval of a grant for themself.
+    validating policies must refuse the admin's approval of a grant for themself
+    and a GPUNode written by an agent whose token is bound to no node.
     """
     stamp = _PROBE.format(subject="admission-probe", approval="")
     own = _PROBE.format(subject=ADMIN_USER, approval="  approval: {decision: Approved}\n")
+    node = json.dumps(
+        {
+            "apiVersion": "gpu.ds01.io/v1alpha1",
+            "kind": "GPUNode",
+            "metadata": {"name": "admission-probe"},
+            "spec": {"enforcement": "Audit"},
+        }
+    )
+    agent = "--as=system:serviceaccount:ds01-system:ds01-agent"
+
+    def dry_run(manifest: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return cluster.kubectl(
+            "create", "--dry-run=server", *extra, "-f", "-", stdin=manifest, check=False
+        )
 
     def in_force() -> bool:
-        stamped = cluster.kubectl(
-            "create",
-            "--dry-run=server",
-            "-o",
-            "jsonpath={.spec.requestedBy}",
-            "-f",
-            "-",
-            stdin=stamp,
-            check=False,
+        stamped = dry_run(stamp, "-o", "jsonpath={.spec.requestedBy}")
+        return (
+            stamped.stdout == ADMIN_USER
+            and "ds01-grant-approval" in dry_run(own).stderr
+            and "ds01-agent-own-node" in dry_run(node, agent).stderr
         )
-        refused = cluster.kubectl("create", "--dry-run=server", "-f", "-", stdin=own, check=False)
-        return stamped.stdout == ADMIN_USER and "ds01-grant-approval" in refused.stderr
 
     wait_until(in_force, deadline_s, "the ds01 admission policies to be in force", 0.25)
 

@@ -1,0 +1,136 @@
+"""A small Docker Engine API client over its unix socket: just what the agent reads.
+
+The agent needs container identity (ID, name, labels, state), the GPU devices a
+container was given (device requests and mapped device nodes) and, later, the
+event stream. The official Python SDK would pull in much more than that for a
+handful of GET requests.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+
+class DockerError(RuntimeError):
+    """The engine could not be reached or answered with an error."""
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.socket_path)
+        self.sock = sock
+
+
+@dataclass(frozen=True)
+class Container:
+    """The facts the agent uses about one container."""
+
+    id: str
+    name: str
+    labels: dict[str, str]
+    state: str
+    user: str = ""
+    """`Config.User` as given at creation (may be empty, a name or a UID)."""
+    device_ids: tuple[str, ...] = ()
+    """GPU IDs from `HostConfig.DeviceRequests` (UUIDs or indexes, as requested)."""
+    device_paths: tuple[str, ...] = ()
+    """Host paths of `HostConfig.Devices` mappings."""
+    gpu_request_all: bool = False
+    """A device request for all GPUs (`--gpus all`)."""
+    started_at: datetime | None = None
+    env: tuple[str, ...] = field(default=())
+
+
+class DockerClient:
+    """Talks to one engine socket. Every call opens its own connection (thread-safe)."""
+
+    def __init__(self, socket_path: str, timeout: float = 5.0) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+    def _get(self, path: str) -> Any:
+        connection = _UnixConnection(self.socket_path, self.timeout)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            body = response.read()
+        except OSError as error:
+            raise DockerError(f"docker engine at {self.socket_path}: {error}") from error
+        finally:
+            connection.close()
+        if response.status >= 400:
+            raise DockerError(f"GET {path}: {response.status} {body[:200]!r}")
+        return json.loads(body)
+
+    def ping(self) -> bool:
+        try:
+            connection = _UnixConnection(self.socket_path, self.timeout)
+            connection.request("GET", "/_ping")
+            return connection.getresponse().status == 200
+        except OSError:
+            return False
+
+    def container_ids(self) -> list[str]:
+        """IDs of all containers, running or not."""
+        return [c["Id"] for c in self._get("/containers/json?all=1")]
+
+    def inspect(self, container_id: str) -> Container | None:
+        """One container's facts, or None when it no longer exists."""
+        try:
+            data = self._get(f"/containers/{quote(container_id)}/json")
+        except DockerError as error:
+            if " 404 " in str(error):
+                return None
+            raise
+        return parse_container(data)
+
+
+def parse_container(data: dict[str, Any]) -> Container:
+    """The agent's view of a `GET /containers/{id}/json` answer."""
+    config = data.get("Config") or {}
+    host = data.get("HostConfig") or {}
+    state = data.get("State") or {}
+    ids: list[str] = []
+    request_all = False
+    for request in host.get("DeviceRequests") or []:
+        capabilities = [c for group in request.get("Capabilities") or [] for c in group]
+        if "gpu" not in capabilities and request.get("Driver") != "nvidia":
+            continue
+        if request.get("Count") == -1:
+            request_all = True
+        ids += request.get("DeviceIDs") or []
+    started = state.get("StartedAt") or ""
+    return Container(
+        id=data["Id"],
+        name=str(data.get("Name", "")).lstrip("/"),
+        labels=dict(config.get("Labels") or {}),
+        state=str(state.get("Status", "")),
+        user=str(config.get("User") or ""),
+        device_ids=tuple(ids),
+        device_paths=tuple(d.get("PathOnHost", "") for d in host.get("Devices") or []),
+        gpu_request_all=request_all,
+        started_at=_time(started),
+        env=tuple(config.get("Env") or ()),
+    )
+
+
+def _time(text: str) -> datetime | None:
+    if not text or text.startswith("0001-"):
+        return None
+    # Docker writes nanoseconds; Python takes microseconds.
+    head, _, tail = text.partition(".")
+    fraction = "".join(ch for ch in tail if ch.isdigit())[:6]
+    zone = tail[len("".join(ch for ch in tail if ch.isdigit())) :] or "Z"
+    return datetime.fromisoformat(f"{head}.{fraction or '0'}{zone.replace('Z', '+00:00')}")

@@ -1,0 +1,180 @@
+"""The agent's side of the GPUNode contract: create it, read its spec, publish its status.
+
+Status writes are rate-limited and sent on change, plus a heartbeat: a node
+whose GPUs are idle and whose workloads are unchanged costs one write per
+heartbeat interval, whatever the scan rate. Discoveries and violations become
+Events on the GPUNode and audit records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from controller.agent.report import without_heartbeat
+from controller.api.base import GROUP, VERSION
+from controller.api.kinds import GPUNode
+from controller.api.node import GPUNodeSpec, GPUNodeStatus, Violation, WorkloadReport
+from controller.runtime.audit import AuditLog
+
+log = structlog.get_logger("ds01.agent")
+COMPONENT = "ds01-agent"
+
+
+@dataclass(frozen=True)
+class PolicyView:
+    """The node's spec as last read, and the generation it belongs to."""
+
+    spec: GPUNodeSpec
+    generation: int
+
+
+class Publisher:
+    """Owns this node's GPUNode: the agent writes its status and nothing else."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        node: str,
+        audit: AuditLog,
+        min_interval: timedelta = timedelta(seconds=2),
+        heartbeat: timedelta = timedelta(seconds=30),
+    ) -> None:
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.node = node
+        self.audit = audit
+        self.min_interval = min_interval
+        self.heartbeat = heartbeat
+        self._written: GPUNodeStatus | None = None
+        self._written_at: datetime | None = None
+        self._uid: str | None = None
+
+    def ensure_node(self) -> PolicyView:
+        """Read our GPUNode, creating it (spec Audit) when the operator has not yet."""
+        try:
+            body = self.custom.get_cluster_custom_object(GROUP, VERSION, "gpunodes", self.node)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            body = self.custom.create_cluster_custom_object(
+                GROUP,
+                VERSION,
+                "gpunodes",
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "GPUNode",
+                    "metadata": {"name": self.node},
+                    "spec": {"enforcement": "Audit"},
+                },
+            )
+            log.info("created GPUNode", node=self.node)
+        node = GPUNode.model_validate(body)
+        self._uid = node.metadata.uid
+        if self._written is None and node.status is not None:
+            self._written = node.status
+        return PolicyView(node.spec, node.metadata.generation or 0)
+
+    def publish(self, report: GPUNodeStatus, now: datetime | None = None) -> bool:
+        """Write ``report`` if it changed (after the minimum interval) or the heartbeat is due."""
+        now = now or datetime.now(UTC)
+        last = self._written_at
+        changed = self._written is None or without_heartbeat(self._written) != without_heartbeat(
+            report
+        )
+        due = last is None or now - last >= self.heartbeat
+        if not due and (not changed or now - last < self.min_interval):  # type: ignore[operator]
+            return False
+        body = {"status": report.to_wire()}
+        old = self._written.to_wire() if self._written else {}
+        for key in old.keys() - body["status"].keys():
+            body["status"][key] = None  # merge patch: say what is gone
+        self.custom.patch_cluster_custom_object_status(GROUP, VERSION, "gpunodes", self.node, body)
+        self._written, self._written_at = report, now
+        return True
+
+    def announce(
+        self,
+        before: tuple[list[WorkloadReport], list[Violation]],
+        after: tuple[list[WorkloadReport], list[Violation]],
+    ) -> None:
+        """Events and audit records for workloads that appeared or ended and new violations."""
+        old_work = {_workload_key(w): w for w in before[0]}
+        new_work = {_workload_key(w): w for w in after[0]}
+        for key in new_work.keys() - old_work.keys():
+            work = new_work[key]
+            message = (
+                f"{work.kind} {work.name} of {work.owner or 'nobody known'} uses "
+                f"{', '.join(work.devices)} (owner from {work.owner_source})"
+            )
+            self._record(
+                "detection.workload_discovered",
+                work.owner,
+                message=message,
+                kind="Normal",
+                reason="WorkloadDiscovered",
+                details=work.model_dump(mode="json", by_alias=True, exclude_none=True),
+            )
+        for key in old_work.keys() - new_work.keys():
+            work = old_work[key]
+            self._record(
+                "detection.workload_exited",
+                work.owner,
+                message=f"{work.kind} {work.name} stopped using GPUs",
+                kind="Normal",
+                reason="WorkloadExited",
+                details={"kind": work.kind, "name": work.name},
+            )
+        seen = {(v.kind, v.device_uuid, v.pid) for v in before[1]}
+        for violation in after[1]:
+            if (violation.kind, violation.device_uuid, violation.pid) not in seen:
+                self._record(
+                    f"detection.{violation.kind.lower()}",
+                    violation.owner,
+                    message=violation.message,
+                    kind="Warning",
+                    reason=violation.kind,
+                    details=violation.model_dump(mode="json", by_alias=True, exclude_none=True),
+                )
+
+    def _record(
+        self,
+        event_type: str,
+        user: str | None,
+        *,
+        message: str,
+        kind: str,
+        reason: str,
+        details: dict[str, Any],
+    ) -> None:
+        self.audit.write(event_type, user or "unknown", {"node": self.node, **details})
+        now = datetime.now(UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{self.node}.", namespace="default"),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}", kind="GPUNode", name=self.node, uid=self._uid
+            ),
+            reason=reason,
+            message=message[:1024],
+            type=kind,
+            source=client.V1EventSource(component=COMPONENT, host=self.node),
+            reporting_component=f"{GROUP}/agent",
+            reporting_instance=self.node,
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            action=reason,
+        )
+        try:
+            self.core.create_namespaced_event("default", event)
+        except ApiException as error:  # best effort: never block a scan on an Event
+            log.warning("event not posted", reason=reason, status=error.status)
+
+
+def _workload_key(work: WorkloadReport) -> tuple[str, str | None, str | None, str]:
+    return (work.kind, work.namespace, work.container_id, work.name)
