@@ -36,3 +36,5 @@ bootstrap:
 # Not a test: prints time-to-Active p50/p99, throughput and operator RSS.
 bench: build
 	$(VENV)/python -m benchmarks.operator_grants
+	$(VENV)/python -m benchmarks.agent_scan
+	$(VENV)/python -m benchmarks.device_plugin

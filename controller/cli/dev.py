@@ -178,7 +178,7 @@ def _up(args: argparse.Namespace) -> int:
         f"(Kubernetes {built.kubernetes_version}, etcd {built.etcd_version})\n"
         f"  API server:  {cluster.server}\n"
         f"  operator:    running as ServiceAccount ds01-system/ds01-operator\n"
-        f"  GPU node:    {SIMULATED_NODE} (simulated: 8 x A100-40GB, GPUs 0-1 in MIG mode)\n"
+        f"  GPU node:    {SIMULATED_NODE} (simulated: 8 x A100-80GB, GPUs 0-1 in MIG mode)\n"
         f"  logs:        {workdir / 'logs'}   audit: {workdir / 'audit.jsonl'}\n\n"
         f"  export KUBECONFIG={shlex.quote(str(cluster.kubeconfig))}\n"
         f"  export PATH={shlex.quote(str(kubectl_dir))}:$PATH"

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from controller import __version__
-from controller.cli import crds, dev, operator
+from controller.cli import agent, crds, dev, operator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.register(commands)
     crds.register(commands)
     operator.register(commands)
+    agent.register(commands)
     return parser
 
 

@@ -2,7 +2,7 @@
 
 Until a node agent runs in `ds01 dev up`, this gives the operator an
 inventory to place reserving grants on: DS01's kind of server, 8 x
-A100-SXM4-40GB fully NVLinked, GPUs 0 and 1 in MIG mode (2g.20gb x 3 +
+A100-SXM4-80GB fully NVLinked, GPUs 0 and 1 in MIG mode (2g.20gb x 3 +
 1g.10gb). UUIDs are derived from the node name, so they are stable.
 """
 
@@ -38,8 +38,8 @@ def inventory(
         device: dict[str, Any] = {
             "uuid": _uuid("GPU", node, index),
             "index": index,
-            "model": "NVIDIA A100-SXM4-40GB",
-            "memoryMiB": 40960,
+            "model": "NVIDIA A100-SXM4-80GB",
+            "memoryMiB": 81920,
             "device": {"major": 195, "minor": index},
             "pciBusID": f"00000000:{0x07 + index * 0x10:02X}:00.0",
             "health": "Unhealthy" if index in unhealthy else "Healthy",

@@ -70,3 +70,31 @@ class Kube:
 
         wait_until(has_default_sa, 60, f"ServiceAccount default in {name}")
         return name
+
+
+def agent_kubeconfig(cluster: LocalCluster, admin: Kube, node: str) -> Path:
+    pod = f"ds01-agent-{node}"
+    admin.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": pod, "namespace": "ds01-system"},
+            "spec": {
+                "nodeName": node,
+                "serviceAccountName": "ds01-agent",
+                "containers": [{"name": "agent", "image": "ds01-controller:dev"}],
+            },
+        }
+    )
+    token = admin.kubectl(
+        "create",
+        "token",
+        "ds01-agent",
+        "-n",
+        "ds01-system",
+        "--bound-object-kind",
+        "Pod",
+        "--bound-object-name",
+        pod,
+    ).stdout.strip()
+    return cluster.token_kubeconfig(f"agent-{node}", token)

@@ -21,35 +21,7 @@ from controller.agent.report import Health, status
 from controller.api.node import GPUNodeStatus, Violation
 from controller.devcluster.controlplane import LocalCluster
 from controller.runtime.audit import AuditLog
-from tests.controlplane.kube import Kube
-
-
-def agent_kubeconfig(cluster: LocalCluster, admin: Kube, node: str) -> Path:
-    pod = f"ds01-agent-{node}"
-    admin.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": pod, "namespace": "ds01-system"},
-            "spec": {
-                "nodeName": node,
-                "serviceAccountName": "ds01-agent",
-                "containers": [{"name": "agent", "image": "ds01-controller:dev"}],
-            },
-        }
-    )
-    token = admin.kubectl(
-        "create",
-        "token",
-        "ds01-agent",
-        "-n",
-        "ds01-system",
-        "--bound-object-kind",
-        "Pod",
-        "--bound-object-name",
-        pod,
-    ).stdout.strip()
-    return cluster.token_kubeconfig(f"agent-{node}", token)
+from tests.controlplane.kube import Kube, agent_kubeconfig
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,181 @@
+"""The agent's scan: read everything, attribute, report. One pass, called on a timer.
+
+The sources are passed in (NVML, /proc, Docker, kubelet, the API), so the same
+loop runs in production, against the fake NVML in tests, and on hosts without
+Docker or kubelet. The API views (accounts, pods on this node) are refreshed
+on their own slower clock and fail open: a scan never waits for the apiserver.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+
+from controller.agent import metrics
+from controller.agent.inventory import Inventory, Sample
+from controller.agent.procfs import ProcReader
+from controller.agent.publisher import PolicyView, Publisher
+from controller.agent.report import Health, status
+from controller.agent.scan import ContainerCache, join, parents, read_passwd
+from controller.api.node import GPUNodeSpec, GPUNodeStatus
+from controller.policy.attribution import Memory, NodeView, PodView, attribute
+
+log = structlog.get_logger("ds01.agent")
+
+
+class GpuSource(Protocol):
+    """NVML, or anything that answers like it."""
+
+    def inventory(self) -> Inventory: ...
+
+    def sample(self) -> Sample: ...
+
+
+class ClusterView(Protocol):
+    """What the agent reads from the apiserver besides its GPUNode."""
+
+    def namespaces(self) -> list[tuple[str, dict[str, str], dict[str, str]]]: ...
+
+    def pods(self) -> dict[str, tuple[str, str]]:
+        """Pod UID -> (namespace, name) for pods bound to this node."""
+        ...
+
+
+class PodDevices(Protocol):
+    """kubelet's PodResources: which pod holds which of our devices."""
+
+    def devices(self) -> dict[tuple[str, str], frozenset[str]] | None:
+        """(namespace, pod) -> device IDs; None when kubelet could not be asked."""
+        ...
+
+
+class HealthSink(Protocol):
+    """The device plugin, told about health so kubelet stops or resumes allocating."""
+
+    def update(self, inventory: Inventory) -> None: ...
+
+
+@dataclass
+class _Views:
+    """API-backed views, refreshed every `refresh`; stale ones are kept on failure."""
+
+    cluster: ClusterView | None
+    refresh: timedelta
+    by_namespace: dict[str, str] = field(default_factory=dict)
+    by_login: dict[str, str] = field(default_factory=dict)
+    pods: dict[str, tuple[str, str]] = field(default_factory=dict)
+    at: datetime | None = None
+
+    def update(self, now: datetime) -> None:
+        if self.cluster is None or (self.at is not None and now - self.at < self.refresh):
+            return
+        from controller.agent.scan import accounts
+
+        try:
+            self.by_namespace, self.by_login = accounts(self.cluster.namespaces())
+            self.pods = self.cluster.pods()
+            self.at = now
+        except Exception as error:  # fail open: keep the last view
+            log.warning("cannot refresh accounts and pods; keeping the last view", error=str(error))
+
+
+@dataclass
+class Agent:
+    """One node's agent state between scans."""
+
+    node: str
+    source: GpuSource
+    proc: ProcReader
+    publisher: Publisher | None
+    containers: ContainerCache
+    cluster: ClusterView | None = None
+    kubelet: PodDevices | None = None
+    health_sink: HealthSink | None = None
+    passwd: Path = Path("/etc/passwd")
+    cgroup_version: str | None = None
+    refresh: timedelta = timedelta(seconds=30)
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    policy: PolicyView = field(default_factory=lambda: PolicyView(GPUNodeSpec(), 0))
+    memory: Memory = field(default_factory=Memory)
+    last: GPUNodeStatus | None = None
+    _views: _Views | None = None
+    _pod_devices: Mapping[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+
+    def scan(self) -> GPUNodeStatus:
+        """One full pass: inventory, sample, attribution, status (published when due)."""
+        started, cpu = time.perf_counter(), time.process_time()
+        now = self.clock()
+        if self._views is None:
+            self._views = _Views(self.cluster, self.refresh)
+        self._views.update(now)
+        health = Health()
+        try:
+            inventory = self.source.inventory()
+            sample: Sample | None = self.source.sample()
+        except Exception as error:  # NVML gone: report it, keep serving the last policy
+            log.error("NVML failed", error=str(error))
+            inventory, sample = Inventory(()), None
+            health = Health(inventory_ok=False, inventory_message=f"NVML failed: {error}")
+        if self.health_sink is not None:
+            self.health_sink.update(inventory)
+        if self.kubelet is not None:
+            answered = self.kubelet.devices()
+            if answered is not None:
+                self._pod_devices = answered
+        uses = join(sample, self.proc) if sample else []
+        views = self._views
+        pods = {
+            uid: PodView(uid, ns, name, self._pod_devices.get((ns, name), frozenset()))
+            for uid, (ns, name) in views.pods.items()
+        }
+        node_view = NodeView(
+            spec=self.policy.spec,
+            parents=parents(inventory),
+            logins=read_passwd(self.passwd),
+            accounts_by_login=views.by_login,
+            accounts_by_namespace=views.by_namespace,
+            containers=self.containers.views(
+                {u.container_id for u in uses if u.container_id and not u.pod_uid}, inventory
+            ),
+            pods=pods,
+        )
+        result = attribute(uses, node_view, self.memory, now)
+        before = (
+            (list(self.last.workloads or ()), list(self.last.violations or ()))
+            if self.last
+            else ([], [])
+        )
+        self.memory = result.memory
+        report = status(
+            inventory=inventory,
+            sample=sample,
+            workloads=result.workloads,
+            violations=result.violations,
+            mode="Audit",
+            applied_generation=None,
+            previous=self.last,
+            health=health,
+            cgroup_version=self.cgroup_version,
+            now=now,
+        )
+        if self.publisher is not None:
+            try:
+                self.publisher.publish(report, now)
+                self.publisher.announce(before, (result.workloads, result.violations))
+            except Exception as error:  # fail open: the next scan tries again
+                log.warning("cannot publish status", error=str(error))
+        self.last = report
+        metrics.observe(
+            inventory,
+            sample,
+            result.violations,
+            time.perf_counter() - started,
+            time.process_time() - cpu,
+        )
+        return report

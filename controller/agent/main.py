@@ -1,0 +1,187 @@
+"""`ds01 agent --node NAME`: wire the sources to the scan loop and run it.
+
+Every host path is an option, so the same program runs in a DaemonSet (with
+the host's /proc, /dev, cgroups and kubelet sockets mounted under /host), as a
+systemd service on a Docker host, and in tests against a prepared tree.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from kubernetes import client, config
+from prometheus_client import start_http_server
+
+from controller.agent.agent import Agent
+from controller.agent.deviceplugin.manager import DevicePluginManager
+from controller.agent.docker import DockerClient
+from controller.agent.inventory import Inventory
+from controller.agent.nvml import Nvml
+from controller.agent.podresources import PodResourcesClient
+from controller.agent.procfs import ProcReader
+from controller.agent.publisher import Publisher
+from controller.agent.scan import ContainerCache
+from controller.runtime import logs
+from controller.runtime.audit import AuditLog
+
+log = structlog.get_logger("ds01.agent")
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """Everything `ds01 agent` can be told."""
+
+    node: str
+    kubeconfig: Path | None = None
+    nvml_library: Path | None = None
+    proc_root: Path = Path("/proc")
+    driver_proc_root: Path | None = None
+    """Where NVML's /proc files are (`devices`, `driver/nvidia-caps`); the proc root by default."""
+    dev_root: Path = Path("/dev")
+    cgroup_root: Path = Path("/sys/fs/cgroup")
+    passwd: Path = Path("/etc/passwd")
+    docker_socket: str | None = None
+    device_plugin_dir: Path | None = None
+    pod_resources_socket: Path | None = None
+    gateway_key: Path | None = None
+    audit_log: Path | None = None
+    metrics_port: int | None = None
+    interval_s: float = 5.0
+    log_level: str = "INFO"
+
+
+class KubeCluster:
+    """Accounts and this node's pods, read from the apiserver."""
+
+    def __init__(self, api: client.ApiClient, node: str) -> None:
+        self.core = client.CoreV1Api(api)
+        self.node = node
+
+    def namespaces(self) -> list[tuple[str, dict[str, str], dict[str, str]]]:
+        out = []
+        for ns in self.core.list_namespace(label_selector="gpu.ds01.io/user").items:
+            meta = ns.metadata
+            if meta is not None and meta.name:
+                out.append((meta.name, dict(meta.labels or {}), dict(meta.annotations or {})))
+        return out
+
+    def pods(self) -> dict[str, tuple[str, str]]:
+        listing = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={self.node}")
+        out = {}
+        for pod in listing.items:
+            meta = pod.metadata
+            if meta is not None and meta.uid and meta.namespace and meta.name:
+                out[meta.uid] = (meta.namespace, meta.name)
+        return out
+
+
+class KubeletDevices:
+    """PodResources answers as (namespace, pod) -> our device IDs; None when kubelet is away."""
+
+    def __init__(self, socket: Path) -> None:
+        self.client = PodResourcesClient(socket)
+
+    def devices(self) -> dict[tuple[str, str], frozenset[str]] | None:
+        result = self.client.list()
+        if result.error is not None:
+            return None
+        out: dict[tuple[str, str], set[str]] = {}
+        for entry in result.containers:
+            out.setdefault((entry.ref.namespace, entry.ref.pod), set()).update(entry.device_ids)
+        return {key: frozenset(ids) for key, ids in out.items()}
+
+
+class PluginHealth:
+    """Feeds NVML's health to the device plugin."""
+
+    def __init__(self, manager: DevicePluginManager) -> None:
+        self.manager = manager
+
+    def update(self, inventory: Inventory) -> None:
+        self.manager.update(inventory)
+
+
+def cgroup_version(root: Path) -> str | None:
+    """`v1` when the devices controller is mounted as a v1 hierarchy, `v2` on a unified mount."""
+    if (root / "devices" / "devices.allow").exists():
+        return "v1"
+    if (root / "cgroup.controllers").exists():
+        return "v2"
+    return None
+
+
+def build(
+    options: AgentOptions, api: client.ApiClient | None
+) -> tuple[Agent, list[Callable[[], None]]]:
+    """The agent, and what to call (in reverse order) when it stops."""
+    nvml = Nvml(
+        library=options.nvml_library,
+        proc_root=options.driver_proc_root or options.proc_root,
+        dev_root=options.dev_root,
+    )
+    inventory = nvml.start()
+    closers: list[Callable[[], None]] = [nvml.close]
+    plugin = None
+    if options.device_plugin_dir is not None:
+        plugin = DevicePluginManager(
+            inventory, options.device_plugin_dir, device_root=str(options.dev_root)
+        )
+        plugin.start()
+        closers.append(plugin.stop)
+    audit = AuditLog(options.audit_log, source="ds01-agent")
+    publisher = Publisher(api, options.node, audit) if api is not None else None
+    key = options.gateway_key.read_bytes().strip() if options.gateway_key else None
+    docker = DockerClient(options.docker_socket) if options.docker_socket else None
+    agent = Agent(
+        node=options.node,
+        source=nvml,
+        proc=ProcReader(options.proc_root),
+        publisher=publisher,
+        containers=ContainerCache(docker, key),
+        cluster=KubeCluster(api, options.node) if api is not None else None,
+        kubelet=KubeletDevices(options.pod_resources_socket)
+        if options.pod_resources_socket
+        else None,
+        health_sink=PluginHealth(plugin) if plugin else None,
+        passwd=options.passwd,
+        cgroup_version=cgroup_version(options.cgroup_root),
+    )
+    if publisher is not None:
+        agent.policy = publisher.ensure_node()
+    return agent, closers
+
+
+def run(options: AgentOptions) -> int:
+    """Scan every `interval_s` until SIGINT/SIGTERM."""
+    logs.configure(options.log_level)
+    api: client.ApiClient | None
+    if options.kubeconfig is not None:
+        api = config.new_client_from_config(config_file=str(options.kubeconfig))
+    else:
+        config.load_incluster_config()
+        api = client.ApiClient()
+    agent, closers = build(options, api)
+    if options.metrics_port is not None:
+        start_http_server(options.metrics_port)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("agent started", node=options.node, gpus=len(agent.source.inventory().gpus))
+    try:
+        while not stop.is_set():
+            agent.scan()
+            if agent.publisher is not None:
+                try:
+                    agent.policy = agent.publisher.ensure_node()
+                except Exception as error:  # fail open: keep the last policy
+                    log.warning("cannot read GPUNode spec; keeping the last one", error=str(error))
+            stop.wait(options.interval_s)
+    finally:
+        for close in reversed(closers):
+            close()
+    return 0

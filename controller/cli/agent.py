@@ -1,0 +1,80 @@
+"""`ds01 agent`: the node agent (a DaemonSet pod, or a systemd service on a Docker host)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+
+def _run(args: argparse.Namespace) -> int:
+    from controller.agent.main import AgentOptions, run
+
+    if args.state_dir is not None:
+        args.state_dir.mkdir(parents=True, exist_ok=True)
+    return run(
+        AgentOptions(
+            node=args.node,
+            kubeconfig=args.kubeconfig,
+            nvml_library=args.nvml_library,
+            proc_root=args.proc_root,
+            driver_proc_root=args.driver_proc_root,
+            dev_root=args.dev_root,
+            cgroup_root=args.cgroup_root,
+            passwd=args.passwd,
+            docker_socket=args.docker_socket,
+            device_plugin_dir=args.device_plugin_dir,
+            pod_resources_socket=args.pod_resources_socket,
+            gateway_key=args.gateway_key,
+            audit_log=args.audit_log,
+            metrics_port=args.metrics_port,
+            interval_s=args.interval,
+            log_level=args.log_level,
+        )
+    )
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser("agent", help="run the node agent")
+    parser.add_argument("--node", required=True, help="this node's name (its GPUNode's name)")
+    parser.add_argument("--kubeconfig", type=Path, help="default: the pod's ServiceAccount")
+    parser.add_argument(
+        "--nvml-library", type=Path, help="libnvidia-ml.so.1 to load (default: the system's)"
+    )
+    parser.add_argument("--proc-root", type=Path, default=Path("/proc"))
+    parser.add_argument(
+        "--driver-proc-root",
+        type=Path,
+        help="where /proc/devices and /proc/driver/nvidia-caps are read (default: --proc-root)",
+    )
+    parser.add_argument("--dev-root", type=Path, default=Path("/dev"))
+    parser.add_argument("--cgroup-root", type=Path, default=Path("/sys/fs/cgroup"))
+    parser.add_argument(
+        "--passwd",
+        type=Path,
+        default=Path("/etc/passwd"),
+        help="the host's passwd file, to map process UIDs to logins",
+    )
+    parser.add_argument("--docker-socket", help="the engine's socket, e.g. /run/docker.sock")
+    parser.add_argument(
+        "--device-plugin-dir",
+        type=Path,
+        help="kubelet's device-plugin directory (serve the device plugin)",
+    )
+    parser.add_argument(
+        "--pod-resources-socket",
+        type=Path,
+        help="kubelet's pod-resources socket (attribute pods' devices)",
+    )
+    parser.add_argument(
+        "--gateway-key",
+        type=Path,
+        help="key the Docker gateway signs owner labels with (root-only file)",
+    )
+    parser.add_argument("--state-dir", type=Path, help="state kept across restarts")
+    parser.add_argument("--audit-log", type=Path, default=os.environ.get("DS01_AUDIT_LOG"))
+    parser.add_argument("--metrics-port", type=int)
+    parser.add_argument("--interval", type=float, default=5.0, help="seconds between scans")
+    parser.add_argument("--log-level", default=os.environ.get("DS01_LOG_LEVEL", "INFO"))
+    parser.set_defaults(run=_run)

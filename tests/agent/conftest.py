@@ -1,0 +1,32 @@
+"""Fixtures of the agent tier: the fake NVML library, its topology, a device tree."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.agent.fakehost import FakeHost, fake_library
+
+
+@pytest.fixture(scope="session")
+def fake_nvml_library() -> Path:
+    """Built once per session (and only when the C source changed since the last build)."""
+    return fake_library()
+
+
+@pytest.fixture
+def fake_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_nvml_library: Path
+) -> Iterator[FakeHost]:
+    """An 8 x A100-SXM4-40GB node (GPUs 0 and 1 in MIG mode, NVSwitch), not yet started.
+
+    Tests may replace `fake_host.topology` before `start()`; every `Nvml` it
+    started is closed at teardown.
+    """
+    host = FakeHost(tmp_path, fake_nvml_library)
+    for name, value in host.environ().items():
+        monkeypatch.setenv(name, value)
+    yield host
+    host.close()

@@ -1,0 +1,217 @@
+"""The whole agent on one node: fake NVML, real processes, real dockerd, real apiserver.
+
+The agent runs in-process with the same wiring `ds01 agent` uses, authenticated
+as its ServiceAccount with a token bound to a pod on its node. NVML is the only
+simulated part: the fake library lists real pids as GPU processes.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from kubernetes import config
+
+from controller.agent.main import AgentOptions, build
+from controller.cli.dev import install
+from controller.devcluster.controlplane import LocalCluster
+from tests.agent.engine import IMAGE, DockerEngine, docker_engine  # noqa: F401  (fixture)
+from tests.agent.fakehost import FakeHost
+from tests.agent.fakenvml.topology import ProcSpec
+from tests.agent.users import ensure_user, run_as
+from tests.controlplane.kube import Kube, agent_kubeconfig
+
+NODE = "gpu-e2e"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with LocalCluster(tmp_path_factory.mktemp("agent-cluster")) as started:
+        install(started, samples=False)
+        yield started
+
+
+@pytest.fixture(scope="module")
+def admin(cluster: LocalCluster) -> Kube:
+    return Kube(cluster, cluster.kubeconfig)
+
+
+def account(admin: Kube, login: str) -> str:
+    user = f"{login}@lab.example"
+    admin.namespace(
+        f"u-{login}",
+        {"gpu.ds01.io/user": user.replace("@", "-")},
+        {
+            "gpu.ds01.io/user-name": user,
+            "gpu.ds01.io/groups": "researcher",
+            "gpu.ds01.io/linux-user": login,
+        },
+    )
+    return user
+
+
+@dataclass
+class Running:
+    """GPU users on this host: a container of dave's and a login process of carol's."""
+
+    carol: str
+    dave: str
+    container_id: str
+    container_name: str
+    container_pid: int
+    host_pid: int
+
+
+@pytest.fixture
+def running(admin: Kube, docker_engine: DockerEngine) -> Iterator[Running]:  # noqa: F811
+    host_login, container_login = "ds01-carol", "ds01-dave"
+    ensure_user(host_login)
+    container_uid = ensure_user(container_login)
+    carol, dave = account(admin, host_login), account(admin, container_login)
+    name = f"dave-train-{uuid.uuid4().hex[:6]}"
+    container_id = docker_engine.docker(
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        name,
+        "--user",
+        str(container_uid),
+        IMAGE,
+        "sleep",
+        "600",
+    )
+    host_process = run_as(host_login, "sleep", "600")
+    try:
+        pid = int(docker_engine.docker("inspect", "-f", "{{.State.Pid}}", container_id))
+        yield Running(carol, dave, container_id, name, pid, host_process.pid)
+    finally:
+        host_process.kill()
+        host_process.wait()
+        docker_engine.docker("rm", "-f", container_id)
+        admin.kubectl(
+            "delete", "namespace", f"u-{host_login}", f"u-{container_login}", "--wait=false"
+        )
+
+
+def test_agent_reports_inventory_workloads_and_violations(
+    cluster: LocalCluster,
+    admin: Kube,
+    fake_host: FakeHost,
+    docker_engine: DockerEngine,  # noqa: F811
+    running: Running,
+    tmp_path: Path,
+) -> None:
+    topology = fake_host.topology
+    first_slice = topology.gpu(0).mig[0]
+    topology.processes = [
+        ProcSpec(pid=running.container_pid, gpu=3, used_mib=2048),
+        ProcSpec(pid=running.host_pid, gpu=0, gi=first_slice.gi, ci=first_slice.ci, used_mib=1024),
+    ]
+    fake_host.write()
+    tree = fake_host.make_tree()
+    options = AgentOptions(
+        node=NODE,
+        kubeconfig=agent_kubeconfig(cluster, admin, NODE),
+        nvml_library=fake_host.library,
+        proc_root=Path("/proc"),
+        driver_proc_root=tree.proc_root,
+        dev_root=tree.dev_root,
+        docker_socket=str(docker_engine.socket),
+        audit_log=tmp_path / "audit.jsonl",
+    )
+    agent, closers = build(
+        options, config.new_client_from_config(config_file=str(options.kubeconfig))
+    )
+    assert agent.publisher is not None
+    agent.publisher.min_interval = timedelta(0)  # every scan's change is written at once
+    mig_uuid = next(
+        m.uuid
+        for m in agent.source.inventory().gpus[0].mig
+        if (m.gpu_instance_id, m.compute_instance_id) == (first_slice.gi, first_slice.ci)
+    )
+    try:
+        agent.scan()  # first sighting of the host process: not reported yet
+        report = agent.scan()
+        stored = admin.get("gpunode", NODE)["status"]
+        assert stored["gpus"] == 8 and stored["agent"]["driverVersion"] == topology.driver
+        assert {c["type"]: c["status"] for c in stored["conditions"]} == {
+            "AgentReady": "True",
+            "InventoryCurrent": "True",
+        }
+        mig_gpu = next(d for d in stored["devices"] if d["index"] == 0)
+        assert mig_gpu["migEnabled"] and "utilizationPercent" not in mig_gpu
+        workloads = {w["kind"]: w for w in stored["workloads"]}
+        container = workloads["Container"]
+        assert (container["name"], container["owner"], container["ownerSource"]) == (
+            running.container_name,
+            running.dave,
+            "ContainerUID",
+        )
+        assert container["devices"] == [topology.gpu(3).uuid]
+        assert (workloads["HostProcess"]["owner"], workloads["HostProcess"]["devices"]) == (
+            running.carol,
+            [mig_uuid],
+        )
+        assert sorted((v["kind"], v["owner"]) for v in stored["violations"]) == [
+            ("Unentitled", running.carol),
+            ("Unentitled", running.dave),
+        ]
+        assert report.workload_count == 2
+
+        # The operator's spec gives carol host access to that slice: her violation ends.
+        admin.kubectl(
+            "patch",
+            "gpunode",
+            NODE,
+            "--type=merge",
+            "-p",
+            json.dumps(
+                {
+                    "spec": {
+                        "hostAccess": [
+                            {
+                                "user": running.carol,
+                                "linuxUser": "ds01-carol",
+                                "deviceUUIDs": [mig_uuid],
+                                "source": {
+                                    "kind": "GPUGrant",
+                                    "name": "carol-host",
+                                    "namespace": "u-ds01-carol",
+                                },
+                            }
+                        ]
+                    }
+                }
+            ),
+        )
+        agent.policy = agent.publisher.ensure_node()
+        agent.scan()
+        stored = admin.get("gpunode", NODE)["status"]
+        assert [(v["kind"], v["owner"]) for v in stored["violations"]] == [
+            ("Unentitled", running.dave)
+        ]
+
+        # An XID on GPU 3 makes it unhealthy in what the agent reports.
+        topology.add_xid(3, 79)
+        fake_host.write()
+        agent.scan()
+        gpu3 = next(d for d in admin.get("gpunode", NODE)["status"]["devices"] if d["index"] == 3)
+        assert gpu3["health"] == "Unhealthy" and "79" in (gpu3.get("healthReason") or "")
+    finally:
+        for close in reversed(closers):
+            close()
+    events = admin.get(
+        "events", "-n", "default", "--field-selector", f"involvedObject.name={NODE}"
+    )["items"]
+    assert {"WorkloadDiscovered", "Unentitled"} <= {e["reason"] for e in events}
+    audit = [
+        json.loads(x)["event_type"] for x in (tmp_path / "audit.jsonl").read_text().splitlines()
+    ]
+    assert "detection.workload_discovered" in audit and "detection.unentitled" in audit
