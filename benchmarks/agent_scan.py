@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,8 +33,11 @@ TARGET_CPU_MS = 20.0
 TARGET_RSS_MB = 90.0
 
 
-def with_processes(count: int) -> Topology:
-    """The default 8-GPU node with `count` processes, round-robin over whole GPUs and MIG slices."""
+def with_processes(count: int, pids: list[int] | None = None) -> Topology:
+    """The default 8-GPU node with `count` processes, round-robin over whole GPUs and MIG slices.
+
+    With ``pids``, the GPU processes are those (real) processes, so /proc can be read for them.
+    """
     topology = a100_node()
     targets: list[tuple[int, int | None, int | None]] = []
     for gpu in topology.gpus:
@@ -42,7 +46,7 @@ def with_processes(count: int) -> Topology:
         else:
             targets.append((gpu.index, None, None))
     topology.processes = [
-        ProcSpec(pid=100_000 + n, gpu=gpu, gi=gi, ci=ci, used_mib=256 + n)
+        ProcSpec(pid=pids[n] if pids else 100_000 + n, gpu=gpu, gi=gi, ci=ci, used_mib=256 + n)
         for n, (gpu, gi, ci) in ((n, targets[n % len(targets)]) for n in range(count))
     ]
     return topology
@@ -104,12 +108,58 @@ def main() -> None:
                 part_cpu, _ = measure(call, args.repetitions)
                 print(f"  {name:9s} cpu {quantiles(part_cpu)}")
             current, peak = rss_mib()
-            print(
-                f"process RSS: {current:.1f} MiB (peak {peak:.1f} MiB;"
-                f" target < {TARGET_RSS_MB:.0f} MB for the agent)"
-            )
+            print(f"NVML-only process RSS: {current:.1f} MiB (peak {peak:.1f} MiB)")
         finally:
             host.close()
+    whole_agent(args.processes, args.repetitions // 10)
+
+
+def whole_agent(count: int, repetitions: int) -> None:
+    """The agent's whole scan (NVML, /proc, attribution, status) with the full agent imported."""
+    from controller.agent.agent import Agent
+    from controller.agent.main import AgentOptions, build  # grpc, kubernetes, pydantic, ...
+
+    sleepers = [subprocess.Popen(["sleep", "600"]) for _ in range(count)]
+    try:
+        with tempfile.TemporaryDirectory(prefix="ds01-agent-scan-") as tmp:
+            host = FakeHost(
+                Path(tmp), fake_library(), with_processes(count, [p.pid for p in sleepers])
+            )
+            point_fake_at(host.path)
+            host.write()
+            tree = host.make_tree()
+            agent: Agent
+            agent, closers = build(
+                AgentOptions(
+                    node="bench",
+                    nvml_library=host.library,
+                    driver_proc_root=tree.proc_root,
+                    dev_root=tree.dev_root,
+                ),
+                None,
+            )
+            try:
+                for _ in range(5):
+                    report = agent.scan()
+                cpu, wall = measure(agent.scan, repetitions)
+                print(
+                    f"whole agent scan ({len(report.workloads or [])} workloads attributed),"
+                    f" {repetitions} repetitions (ms):"
+                )
+                print(f"  cpu   {quantiles(cpu)}   (target < {TARGET_CPU_MS:.0f} ms)")
+                print(f"  wall  {quantiles(wall)}")
+                current, peak = rss_mib()
+                print(
+                    f"agent process RSS: {current:.1f} MiB (peak {peak:.1f} MiB;"
+                    f" target < {TARGET_RSS_MB:.0f} MB)"
+                )
+            finally:
+                for close in reversed(closers):
+                    close()
+    finally:
+        for sleeper in sleepers:
+            sleeper.kill()
+            sleeper.wait()
 
 
 if __name__ == "__main__":

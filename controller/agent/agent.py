@@ -158,7 +158,7 @@ class Agent:
             workloads=result.workloads,
             violations=result.violations,
             mode="Audit",
-            applied_generation=None,
+            applied_generation=self.policy.generation or None,
             previous=self.last,
             health=health,
             cgroup_version=self.cgroup_version,

@@ -9,6 +9,7 @@ listing it and us reading /proc is normal: readers return None, never raise.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,33 +78,63 @@ def cgroup_path(text: str) -> str:
     return unified or "/"
 
 
-class ProcReader:
-    """Reads process facts under a proc root."""
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return handle.read()
 
-    def __init__(self, root: Path = Path("/proc")) -> None:
+
+class ProcReader:
+    """Reads process facts under a proc root, remembering them per process.
+
+    A scan sees the same GPU processes again and again; reading four files per
+    process per scan dominated the agent's CPU time. Only `stat` is read each
+    time (the start time tells whether the pid is still the same process); the
+    rest is re-read when the process is new or its facts are older than `ttl_s`
+    (a process moved to another cgroup, or that changed its UID, is seen again
+    within that time).
+    """
+
+    def __init__(self, root: Path = Path("/proc"), ttl_s: float = 30.0) -> None:
         self.root = root
+        self.ttl_s = ttl_s
+        self._known: dict[int, tuple[ProcessInfo, float]] = {}
 
     def process(self, pid: int) -> ProcessInfo | None:
         """Facts about ``pid``, or None when it is gone (or unreadable)."""
-        base = self.root / str(pid)
+        base = f"{self.root}/{pid}"
         try:
-            status = (base / "status").read_text()
-            comm = (base / "comm").read_text().strip()
-            stat = (base / "stat").read_text()
-            cgroup = (base / "cgroup").read_text()
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            start_ticks = int(_read(f"{base}/stat").rsplit(")", 1)[1].split()[19])
+            known = self._known.get(pid)
+            now = time.monotonic()
+            if (
+                known is not None
+                and known[0].start_ticks == start_ticks
+                and now - known[1] < self.ttl_s
+            ):
+                return known[0]
+            status = _read(f"{base}/status")
+            comm = _read(f"{base}/comm").strip()
+            cgroup = _read(f"{base}/cgroup")
+        except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError, ValueError):
+            self._known.pop(pid, None)
             return None
         uid_line = next((x for x in status.splitlines() if x.startswith("Uid:")), None)
         if uid_line is None:
             return None
-        start_ticks = int(stat.rsplit(")", 1)[1].split()[19])
-        return ProcessInfo(
+        info = ProcessInfo(
             pid=pid,
             uid=int(uid_line.split()[1]),
             comm=comm,
             start_ticks=start_ticks,
             cgroup=placement(cgroup_path(cgroup)),
         )
+        self._known[pid] = (info, now)
+        return info
+
+    def forget_except(self, pids: set[int]) -> None:
+        """Drop remembered processes that are no longer of interest."""
+        for gone in self._known.keys() - pids:
+            del self._known[gone]
 
     def pids(self) -> list[int]:
         """Every pid under the proc root."""

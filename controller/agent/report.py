@@ -36,7 +36,10 @@ class Health:
 
     inventory_ok: bool = True
     inventory_message: str = "NVML answered"
-    policy_message: str = "no policy applied yet: reporting only (Audit)"
+    policy_message: str = (
+        "attributing GPU use against the GPUNode spec; kernel enforcement is not in this "
+        "version yet, so the node reports only (Audit)"
+    )
 
 
 def devices(inventory: Inventory, sample: Sample | None) -> list[GPUDevice]:

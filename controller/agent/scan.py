@@ -52,6 +52,7 @@ def parents(inventory: Inventory) -> dict[str, str]:
 def join(sample: Sample, proc: ProcReader) -> list[ProcessUse]:
     """NVML's processes with their owner UID, command and cgroup; gone processes dropped."""
     uses = []
+    proc.forget_except({p.pid for p in sample.processes})
     for process in sample.processes:
         info = proc.process(process.pid)
         if info is None:

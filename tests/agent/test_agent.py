@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 from kubernetes import config
+from prometheus_client import generate_latest
 
+from controller.agent.deviceplugin.simkubelet import SimulatedPodResources, pod
 from controller.agent.main import AgentOptions, build
 from controller.cli.dev import install
 from controller.devcluster.controlplane import LocalCluster
@@ -215,3 +217,86 @@ def test_agent_reports_inventory_workloads_and_violations(
         json.loads(x)["event_type"] for x in (tmp_path / "audit.jsonl").read_text().splitlines()
     ]
     assert "detection.workload_discovered" in audit and "detection.unentitled" in audit
+
+
+def test_pod_use_is_attributed_through_the_api_and_podresources(
+    cluster: LocalCluster,
+    admin: Kube,
+    fake_host: FakeHost,
+    tmp_path: Path,
+) -> None:
+    """A process in a pod's cgroup -> the pod (by UID, from the API) -> its devices (kubelet)."""
+    owner = account(admin, "ds01-erin")
+    admin.kubectl(
+        "create",
+        "-n",
+        "u-ds01-erin",
+        "-f",
+        "-",
+        stdin=json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "train-0"},
+                "spec": {"nodeName": NODE, "containers": [{"name": "main", "image": IMAGE}]},
+            }
+        ),
+    )
+    pod_uid = admin.get("pod", "train-0", "-n", "u-ds01-erin")["metadata"]["uid"]
+    cgroup = (
+        Path("/sys/fs/cgroup/devices/kubepods/besteffort")
+        / f"pod{pod_uid}"
+        / (uuid.uuid4().hex * 2)
+    )
+    cgroup.mkdir(parents=True)
+    process = run_as("root", "sleep", "600")
+    kubelet = SimulatedPodResources(tmp_path / "pod-resources.sock")
+    try:
+        (cgroup / "cgroup.procs").write_text(str(process.pid))
+        topology = fake_host.topology
+        topology.processes = [ProcSpec(pid=process.pid, gpu=5, used_mib=4096)]
+        fake_host.write()
+        tree = fake_host.make_tree()
+        options = AgentOptions(
+            node=NODE,
+            kubeconfig=agent_kubeconfig(cluster, admin, NODE),
+            nvml_library=fake_host.library,
+            driver_proc_root=tree.proc_root,
+            dev_root=tree.dev_root,
+            pod_resources_socket=tmp_path / "pod-resources.sock",
+        )
+        agent, closers = build(
+            options, config.new_client_from_config(config_file=str(options.kubeconfig))
+        )
+        gpu5, gpu6 = (agent.source.inventory().gpus[i].uuid for i in (5, 6))
+        kubelet.set_pods([pod("u-ds01-erin", "train-0", {"main": {"gpu.ds01.io/gpu": [gpu6]}})])
+        kubelet.start()
+        try:
+            report = agent.scan()
+            [workload] = report.workloads or []
+            assert (workload.kind, workload.namespace, workload.name) == (
+                "Pod",
+                "u-ds01-erin",
+                "train-0",
+            )
+            assert (workload.owner, workload.owner_source, workload.allocated) == (
+                owner,
+                "Namespace",
+                [gpu6],
+            )
+            [violation] = report.violations or []
+            assert (violation.kind, violation.device_uuid) == ("OutsideAllocation", gpu5)
+            kubelet.set_pods([pod("u-ds01-erin", "train-0", {"main": {"gpu.ds01.io/gpu": [gpu5]}})])
+            assert agent.scan().violations is None
+            text = generate_latest().decode()
+            assert 'ds01_agent_gpu_processes{gpu="5"} 1.0' in text
+            assert 'ds01_agent_violations{kind="OutsideAllocation"} 0.0' in text
+        finally:
+            for close in reversed(closers):
+                close()
+    finally:
+        kubelet.stop()
+        process.kill()
+        process.wait()
+        cgroup.rmdir()
+        cgroup.parent.rmdir()
