@@ -18,12 +18,13 @@ from typing import Protocol
 import structlog
 
 from controller.agent import metrics
+from controller.agent.enforcer import Enforcer, Outcome, Views
 from controller.agent.inventory import Inventory, Sample
 from controller.agent.procfs import ProcReader
 from controller.agent.publisher import PolicyView, Publisher
 from controller.agent.report import Health, status
 from controller.agent.scan import ContainerCache, join, parents, read_passwd
-from controller.api.node import GPUNodeSpec, GPUNodeStatus
+from controller.api.node import EnforcementMode, GPUNodeSpec, GPUNodeStatus
 from controller.policy.attribution import Memory, NodeView, PodView, attribute
 
 log = structlog.get_logger("ds01.agent")
@@ -101,45 +102,82 @@ class Agent:
     cgroup_version: str | None = None
     refresh: timedelta = timedelta(seconds=30)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
-    policy: PolicyView = field(default_factory=lambda: PolicyView(GPUNodeSpec(), 0))
+    policy: PolicyView | None = None
+    """The GPUNode spec in force: None until one was read (from the API or the state file)."""
+    enforcer: Enforcer | None = None
+    applied_generation: int | None = None
+    inventory: Inventory | None = None
     memory: Memory = field(default_factory=Memory)
     last: GPUNodeStatus | None = None
     _views: _Views | None = None
     _pod_devices: Mapping[tuple[str, str], frozenset[str]] = field(default_factory=dict)
 
+    @property
+    def mode(self) -> EnforcementMode:
+        """Audit until a policy is known; then what the spec says."""
+        return self.policy.spec.enforcement if self.policy is not None else "Audit"
+
+    def views(self, now: datetime) -> Views:
+        """Identities and allocations, refreshed on their own clock (fail open)."""
+        if self._views is None:
+            self._views = _Views(self.cluster, self.refresh)
+        self._views.update(now)
+        if self.kubelet is not None:
+            answered = self.kubelet.devices()
+            if answered is not None:
+                self._pod_devices = answered
+        return Views(
+            logins=read_passwd(self.passwd),
+            accounts_by_login=self._views.by_login,
+            accounts_by_namespace=self._views.by_namespace,
+            pods=self._views.pods,
+            pod_devices=self._pod_devices,
+        )
+
+    def enforce(self) -> Outcome | None:
+        """Write the spec's device rules and end GPU use that lost its right (Enforce mode)."""
+        if self.enforcer is None:
+            return None
+        now = self.clock()
+        inventory = self.inventory if self.inventory is not None else self.source.inventory()
+        spec = self.policy.spec if self.policy is not None else GPUNodeSpec()
+        outcome = self.enforcer.run(spec, self.mode, inventory, self.views(now), now)
+        if self.policy is not None:
+            self.applied_generation = self.policy.generation
+        return outcome
+
     def scan(self) -> GPUNodeStatus:
         """One full pass: inventory, sample, attribution, status (published when due)."""
         started, cpu = time.perf_counter(), time.process_time()
         now = self.clock()
-        if self._views is None:
-            self._views = _Views(self.cluster, self.refresh)
-        self._views.update(now)
-        health = Health()
+        views = self.views(now)
+        health = Health(policy_message=self._policy_message())
         try:
             inventory = self.source.inventory()
             sample: Sample | None = self.source.sample()
         except Exception as error:  # NVML gone: report it, keep serving the last policy
             log.error("NVML failed", error=str(error))
             inventory, sample = Inventory(()), None
-            health = Health(inventory_ok=False, inventory_message=f"NVML failed: {error}")
+            health = Health(
+                inventory_ok=False,
+                inventory_message=f"NVML failed: {error}",
+                policy_message=self._policy_message(),
+            )
+        else:
+            self.inventory = inventory
         if self.health_sink is not None:
             self.health_sink.update(inventory)
-        if self.kubelet is not None:
-            answered = self.kubelet.devices()
-            if answered is not None:
-                self._pod_devices = answered
         uses = join(sample, self.proc) if sample else []
-        views = self._views
         pods = {
-            uid: PodView(uid, ns, name, self._pod_devices.get((ns, name), frozenset()))
+            uid: PodView(uid, ns, name, views.pod_devices.get((ns, name), frozenset()))
             for uid, (ns, name) in views.pods.items()
         }
         node_view = NodeView(
-            spec=self.policy.spec,
+            spec=self.policy.spec if self.policy is not None else GPUNodeSpec(),
             parents=parents(inventory),
-            logins=read_passwd(self.passwd),
-            accounts_by_login=views.by_login,
-            accounts_by_namespace=views.by_namespace,
+            logins=views.logins,
+            accounts_by_login=views.accounts_by_login,
+            accounts_by_namespace=views.accounts_by_namespace,
             containers=self.containers.views(
                 {u.container_id for u in uses if u.container_id and not u.pod_uid}, inventory
             ),
@@ -157,8 +195,9 @@ class Agent:
             sample=sample,
             workloads=result.workloads,
             violations=result.violations,
-            mode="Audit",
-            applied_generation=self.policy.generation or None,
+            mode=self.mode,
+            applied_generation=self.applied_generation,
+            observed_generation=self.policy.generation if self.policy else None,
             previous=self.last,
             health=health,
             cgroup_version=self.cgroup_version,
@@ -179,3 +218,13 @@ class Agent:
             time.process_time() - cpu,
         )
         return report
+
+    def _policy_message(self) -> str:
+        if self.policy is None:
+            return "no policy yet (GPUNode spec unread): reporting only (Audit) until one arrives"
+        if self.enforcer is None or not self.enforcer.cgroups.supported():
+            return (
+                f"spec generation {self.policy.generation} read; no device cgroups here, so "
+                "enforcing by ending holders only"
+            )
+        return f"applying spec generation {self.policy.generation} in {self.mode} mode"

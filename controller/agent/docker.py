@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -51,6 +52,9 @@ class Container:
     """A device request for all GPUs (`--gpus all`)."""
     started_at: datetime | None = None
     env: tuple[str, ...] = field(default=())
+    pid: int = 0
+    """The main process while running (0 when stopped)."""
+    running: bool = False
 
 
 class DockerClient:
@@ -82,9 +86,43 @@ class DockerClient:
         except OSError:
             return False
 
-    def container_ids(self) -> list[str]:
-        """IDs of all containers, running or not."""
-        return [c["Id"] for c in self._get("/containers/json?all=1")]
+    def container_ids(self, running_only: bool = False) -> list[str]:
+        """IDs of containers (all of them, or only the running ones)."""
+        query = "" if running_only else "?all=1"
+        return [c["Id"] for c in self._get(f"/containers/json{query}")]
+
+    def stop(self, container_id: str, grace_s: int) -> None:
+        """Stop a container: SIGTERM, then SIGKILL after ``grace_s`` (the engine does both)."""
+        connection = _UnixConnection(self.socket_path, self.timeout + grace_s)
+        try:
+            connection.request("POST", f"/containers/{quote(container_id)}/stop?t={grace_s}")
+            response = connection.getresponse()
+            body = response.read()
+        except OSError as error:
+            raise DockerError(f"stop {container_id[:12]}: {error}") from error
+        finally:
+            connection.close()
+        if response.status not in (204, 304, 404):
+            raise DockerError(f"stop {container_id[:12]}: {response.status} {body[:200]!r}")
+
+    def events(self, since: float | None = None) -> Iterator[dict[str, Any]]:
+        """Container events as they happen (start, restart, die ...); ends when the engine does."""
+        query = '?filters={"type":["container"]}'
+        if since is not None:
+            query += f"&since={since:.3f}"
+        connection = _UnixConnection(self.socket_path, timeout=None)  # type: ignore[arg-type]
+        try:
+            connection.request("GET", f"/events{quote(query, safe='?=&')}")
+            response = connection.getresponse()
+            while True:
+                line = response.readline()
+                if not line:
+                    return
+                yield json.loads(line)
+        except OSError as error:
+            raise DockerError(f"events: {error}") from error
+        finally:
+            connection.close()
 
     def inspect(self, container_id: str) -> Container | None:
         """One container's facts, or None when it no longer exists."""
@@ -123,6 +161,8 @@ def parse_container(data: dict[str, Any]) -> Container:
         gpu_request_all=request_all,
         started_at=_time(started),
         env=tuple(config.get("Env") or ()),
+        pid=int(state.get("Pid") or 0),
+        running=bool(state.get("Running")),
     )
 
 

@@ -11,6 +11,7 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import structlog
@@ -18,14 +19,18 @@ from kubernetes import client, config
 from prometheus_client import start_http_server
 
 from controller.agent.agent import Agent
+from controller.agent.cgroups import DeviceCgroups
 from controller.agent.deviceplugin.manager import DevicePluginManager
 from controller.agent.docker import DockerClient
+from controller.agent.enforcer import Enforcer, Notify
 from controller.agent.inventory import Inventory
 from controller.agent.nvml import Nvml
 from controller.agent.podresources import PodResourcesClient
 from controller.agent.procfs import ProcReader
 from controller.agent.publisher import Publisher
+from controller.agent.runner import Runner
 from controller.agent.scan import ContainerCache
+from controller.agent.state import PolicyStore, StateError
 from controller.runtime import logs
 from controller.runtime.audit import AuditLog
 
@@ -51,7 +56,15 @@ class AgentOptions:
     gateway_key: Path | None = None
     audit_log: Path | None = None
     metrics_port: int | None = None
+    state_dir: Path | None = None
     interval_s: float = 5.0
+    """Seconds between scans (inventory, attribution, status)."""
+    enforce_interval_s: float = 2.0
+    """Seconds between enforcement passes when nothing triggers one sooner."""
+    grace_s: float = 300.0
+    """Grace before ending GPU use that was never allowed (revocations carry their own)."""
+    kill_grace_s: float = 10.0
+    stop_grace_s: int = 60
     log_level: str = "INFO"
 
 
@@ -137,10 +150,22 @@ def build(
     publisher = Publisher(api, options.node, audit) if api is not None else None
     key = options.gateway_key.read_bytes().strip() if options.gateway_key else None
     docker = DockerClient(options.docker_socket) if options.docker_socket else None
+    proc = ProcReader(options.proc_root)
+    enforcer = Enforcer(
+        cgroups=DeviceCgroups(options.cgroup_root / "devices"),
+        proc=proc,
+        proc_root=options.proc_root,
+        docker=docker,
+        key=key,
+        notify=publisher.notify if publisher is not None else _log_only(audit),
+        grace=timedelta(seconds=options.grace_s),
+        kill_grace=timedelta(seconds=options.kill_grace_s),
+        stop_grace_s=options.stop_grace_s,
+    )
     agent = Agent(
         node=options.node,
         source=nvml,
-        proc=ProcReader(options.proc_root),
+        proc=proc,
         publisher=publisher,
         containers=ContainerCache(docker, key),
         cluster=KubeCluster(api, options.node) if api is not None else None,
@@ -150,37 +175,71 @@ def build(
         health_sink=PluginHealth(plugin) if plugin else None,
         passwd=options.passwd,
         cgroup_version=cgroup_version(options.cgroup_root),
+        enforcer=enforcer,
     )
+    agent.inventory = inventory
+    store = PolicyStore(options.state_dir) if options.state_dir is not None else None
+    if store is not None:
+        agent.policy = store.load(options.node)  # a corrupt file stops the start here
     if publisher is not None:
-        agent.policy = publisher.ensure_node()
+        try:
+            agent.policy = publisher.ensure_node()
+            if store is not None:
+                store.save(agent.policy, options.node)
+        except Exception as error:  # fail open: the saved policy (or Audit) until the API answers
+            log.warning(
+                "apiserver unreachable at start; using the saved policy",
+                saved=agent.policy is not None,
+                error=str(error)[:300],
+            )
     return agent, closers
 
 
+def _log_only(audit: AuditLog) -> Notify:
+    def notify(
+        event_type: str, user: str | None, message: str, kind: str, details: dict[str, object]
+    ) -> None:
+        audit.write(event_type, user or "unknown", {"message": message, **details})
+
+    return notify
+
+
 def run(options: AgentOptions) -> int:
-    """Scan every `interval_s` until SIGINT/SIGTERM."""
+    """Run until SIGINT/SIGTERM; see `controller.agent.runner`."""
     logs.configure(options.log_level)
-    api: client.ApiClient | None
+    api: client.ApiClient
     if options.kubeconfig is not None:
         api = config.new_client_from_config(config_file=str(options.kubeconfig))
     else:
         config.load_incluster_config()
         api = client.ApiClient()
-    agent, closers = build(options, api)
+    try:
+        agent, closers = build(options, api)
+    except StateError as error:
+        log.error("refusing to start", error=str(error))
+        return 2
     if options.metrics_port is not None:
         start_http_server(options.metrics_port)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    log.info("agent started", node=options.node, gpus=len(agent.source.inventory().gpus))
+    store = PolicyStore(options.state_dir) if options.state_dir is not None else None
+    runner = Runner(
+        agent,
+        api,
+        store,
+        interval_s=options.interval_s,
+        enforce_interval_s=options.enforce_interval_s,
+        docker_socket=options.docker_socket,
+    )
+    log.info(
+        "agent started",
+        node=options.node,
+        gpus=len(agent.source.inventory().gpus),
+        policy="saved" if agent.policy else "none yet",
+    )
     try:
-        while not stop.is_set():
-            agent.scan()
-            if agent.publisher is not None:
-                try:
-                    agent.policy = agent.publisher.ensure_node()
-                except Exception as error:  # fail open: keep the last policy
-                    log.warning("cannot read GPUNode spec; keeping the last one", error=str(error))
-            stop.wait(options.interval_s)
+        runner.run(stop)
     finally:
         for close in reversed(closers):
             close()

@@ -142,6 +142,19 @@ class Publisher:
                     details=violation.model_dump(mode="json", by_alias=True, exclude_none=True),
                 )
 
+    def notify(
+        self, event_type: str, user: str | None, message: str, kind: str, details: dict[str, Any]
+    ) -> None:
+        """An Event on this node's GPUNode and an audit record (enforcement's voice)."""
+        self._record(
+            event_type,
+            user,
+            message=message,
+            kind=kind,
+            reason=_camel(event_type.rsplit(".", maxsplit=1)[-1]),
+            details=details,
+        )
+
     def _record(
         self,
         event_type: str,
@@ -174,6 +187,11 @@ class Publisher:
             self.core.create_namespaced_event("default", event)
         except ApiException as error:  # best effort: never block a scan on an Event
             log.warning("event not posted", reason=reason, status=error.status)
+
+
+def _camel(snake: str) -> str:
+    """`revoke_warning` -> `RevokeWarning`: an Event reason from an audit action."""
+    return "".join(part.capitalize() for part in snake.split("_"))
 
 
 def _workload_key(work: WorkloadReport) -> tuple[str, str | None, str | None, str]:

@@ -95,6 +95,7 @@ def status(
     violations: Sequence[Violation],
     mode: EnforcementMode,
     applied_generation: int | None,
+    observed_generation: int | None = None,
     previous: GPUNodeStatus | None,
     health: Health,
     cgroup_version: str | None,
@@ -121,7 +122,7 @@ def status(
     ]
     old_conditions: list[Condition] = list(previous.conditions or ()) if previous else []
     return GPUNodeStatus(
-        observed_generation=applied_generation,
+        observed_generation=observed_generation,
         applied_generation=applied_generation,
         enforcement=mode,
         agent=AgentInfo(

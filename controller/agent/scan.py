@@ -73,10 +73,21 @@ def join(sample: Sample, proc: ProcReader) -> list[ProcessUse]:
 
 
 def allocated(
-    container: Container, inventory: Inventory, gateway_devices: Iterable[str]
+    container: Container,
+    inventory: Inventory,
+    gateway_devices: Iterable[str],
+    trusted_only: bool = False,
 ) -> frozenset[str]:
-    """The device UUIDs a container was given: signed gateway devices, GPU device requests
-    (UUIDs or indexes), and GPU device nodes mapped in."""
+    """The device UUIDs a container was given.
+
+    With a gateway (``trusted_only``), only what the gateway signed: a user who
+    reached the engine some other way and mapped a GPU in gets nothing from it.
+    Without one (a plain Docker host, as DS01 ran), GPU device requests (UUIDs or
+    indexes) and mapped GPU device nodes count too: whoever can talk to that
+    engine is root anyway.
+    """
+    if trusted_only:
+        return frozenset(d for d in gateway_devices if d in parents(inventory))
     by_index = {str(gpu.index): gpu.uuid for gpu in inventory.gpus}
     by_path = {gpu.device.path: gpu.uuid for gpu in inventory.gpus}
     known = set(parents(inventory))
@@ -123,7 +134,12 @@ class ContainerCache:
             out[container_id] = ContainerView(
                 id=container.id,
                 name=container.name,
-                allocated=allocated(container, inventory, stamp.devices if stamp else ()),
+                allocated=allocated(
+                    container,
+                    inventory,
+                    stamp.devices if stamp else (),
+                    trusted_only=self.key is not None,
+                ),
                 owner=stamp.owner if stamp else None,
                 started_at=container.started_at,
             )

@@ -76,5 +76,23 @@ def register(commands: Any) -> None:
     parser.add_argument("--audit-log", type=Path, default=os.environ.get("DS01_AUDIT_LOG"))
     parser.add_argument("--metrics-port", type=int)
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between scans")
+    parser.add_argument(
+        "--enforce-interval",
+        type=float,
+        default=2.0,
+        help="seconds between enforcement passes when nothing triggers one",
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=300.0,
+        help="seconds before GPU use that was never allowed is ended",
+    )
+    parser.add_argument(
+        "--kill-grace",
+        type=float,
+        default=10.0,
+        help="seconds between SIGTERM and SIGKILL for processes outside containers",
+    )
     parser.add_argument("--log-level", default=os.environ.get("DS01_LOG_LEVEL", "INFO"))
     parser.set_defaults(run=_run)

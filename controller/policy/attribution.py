@@ -33,6 +33,7 @@ from controller.api.node import (
     WorkloadKind,
     WorkloadReport,
 )
+from controller.policy.enforcement import reserved_for
 
 SYSTEM_COMMANDS = frozenset(
     {
@@ -234,15 +235,16 @@ def _judge(
                 "or HostAccess exemption on this node"
             )
         return None
-    if not work.allocated:
+    allocation = (work.allocated or frozenset()) | reserved_for(view.spec, work.owner, now)
+    if not allocation:
         return (
             "Unentitled",
             f"{work.kind} {work.name} of {work.owner} uses {device} without any GPU allocation",
         )
-    if not _covers(work.allocated, device, view.parents):
+    if not _covers(allocation, device, view.parents):
         return "OutsideAllocation", (
             f"{work.kind} {work.name} of {work.owner} uses {device}, outside its allocation "
-            f"{', '.join(sorted(work.allocated))}"
+            f"{', '.join(sorted(allocation))}"
         )
     return None
 

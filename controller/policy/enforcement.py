@@ -1,0 +1,236 @@
+"""What the kernel must allow on a node: device rules per cgroup, and which GPU use must end.
+
+A device cgroup gates `open()`: a container or login session may open only the
+GPU devices it is entitled to (the control devices always). Revocation is
+more than a rule change, because a process that opened a device before the
+rule keeps using it: the processes still holding a device they may no longer
+use are warned, then ended when the grace period is over.
+
+Pure: the agent gathers the facts (cgroups, holders from /proc, the GPUNode
+spec) and applies the decision; here nothing reads a clock or a file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+from controller.api.node import EnforcementMode, GPUNodeSpec, Revocation
+
+Number = tuple[int, int]
+"""A character device's (major, minor)."""
+
+PlaceKind = Literal["container", "pod", "session", "other"]
+
+
+@dataclass(frozen=True)
+class SlotDevices:
+    """The device nodes a slot needs: its GPU's node, and for a MIG slice its capability nodes."""
+
+    uuid: str
+    gpu_uuid: str
+    numbers: frozenset[Number]
+
+
+@dataclass(frozen=True)
+class Place:
+    """Somewhere processes run, with a device cgroup the agent may write."""
+
+    path: str
+    """The cgroup's path in the devices hierarchy."""
+    kind: PlaceKind
+    owner: str | None = None
+    allocated: frozenset[str] = frozenset()
+    """Slot UUIDs a container or pod was allocated."""
+    uid: int | None = None
+    """The user of a login session slice."""
+    container_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A process with a GPU device open."""
+
+    pid: int
+    start_ticks: int
+    number: Number
+    place: Place
+    owner: str | None
+
+
+@dataclass(frozen=True)
+class End:
+    """GPU use to end: a process, or a whole container."""
+
+    holder: Holder
+    at: datetime
+    """When to end it (the grace period's end)."""
+    reason: str
+    soft: bool = False
+    """Warn only (soft revocation): never end."""
+
+
+@dataclass
+class Decision:
+    """Rules to write and use to end."""
+
+    deny: dict[str, frozenset[Number]] = field(default_factory=dict)
+    """Cgroup path -> GPU device numbers that must be denied there (the others allowed)."""
+    ends: list[End] = field(default_factory=list)
+    would_deny: dict[str, frozenset[Number]] = field(default_factory=dict)
+    """What Audit mode would have denied."""
+
+
+def _live(revocation: Revocation, now: datetime) -> bool:
+    return revocation.until > now
+
+
+def _revoked(
+    spec: GPUNodeSpec,
+    owner: str | None,
+    slot: str,
+    gpu: str,
+    now: datetime,
+    *,
+    effective_only: bool,
+) -> Revocation | None:
+    for revocation in spec.revocations or ():
+        if revocation.user != owner or not _live(revocation, now):
+            continue
+        if effective_only and revocation.effective_at > now:
+            continue
+        covered = (
+            revocation.device_uuids is None
+            or slot in revocation.device_uuids
+            or (gpu in revocation.device_uuids)
+        )
+        if covered:
+            return revocation
+    return None
+
+
+def host_slots(
+    spec: GPUNodeSpec, user: str | None, slots: Iterable[SlotDevices], now: datetime
+) -> frozenset[str]:
+    """Slots a user may open on the host itself: active Host entries (all GPUs when unlisted)."""
+    allowed: set[str] = set()
+    for entry in spec.host_access or ():
+        if entry.user != user or (entry.until is not None and entry.until <= now):
+            continue
+        for slot in slots:
+            if (
+                entry.device_uuids is None
+                or slot.uuid in entry.device_uuids
+                or (slot.gpu_uuid in entry.device_uuids)
+            ):
+                allowed.add(slot.uuid)
+    return frozenset(allowed)
+
+
+def reserved_for(spec: GPUNodeSpec, user: str | None, now: datetime) -> frozenset[str]:
+    """Devices held for ``user`` right now by reserving grants."""
+    return frozenset(
+        r.device_uuid
+        for r in spec.reservations or ()
+        if r.user == user and (r.from_ is None or r.from_ <= now) and now < r.until
+    )
+
+
+def entitled(
+    place: Place, spec: GPUNodeSpec, slots: Sequence[SlotDevices], now: datetime
+) -> frozenset[str]:
+    """The slots a place may open now, revocations that took effect removed.
+
+    A container or pod may use what it was allocated (by the gateway or the device
+    plugin) and what is reserved for its owner now; a login session what the
+    owner's host access covers.
+    """
+    if place.kind in ("container", "pod"):
+        candidates = place.allocated | reserved_for(spec, place.owner, now)
+    elif place.kind == "session":
+        candidates = host_slots(spec, place.owner, slots, now)
+    else:
+        candidates = frozenset()
+    by_uuid = {s.uuid: s for s in slots}
+    return frozenset(
+        uuid
+        for uuid in candidates
+        if uuid in by_uuid
+        and _revoked(spec, place.owner, uuid, by_uuid[uuid].gpu_uuid, now, effective_only=True)
+        is None
+    )
+
+
+def allowed_numbers(
+    slots: Sequence[SlotDevices], entitled_slots: frozenset[str]
+) -> frozenset[Number]:
+    return frozenset(n for s in slots if s.uuid in entitled_slots for n in s.numbers)
+
+
+def decide(
+    *,
+    spec: GPUNodeSpec,
+    mode: EnforcementMode,
+    slots: Sequence[SlotDevices],
+    places: Sequence[Place],
+    holders: Sequence[Holder],
+    first_seen: Mapping[tuple[int, int, Number], datetime],
+    grace: timedelta,
+    now: datetime,
+) -> Decision:
+    """Device rules for every place, and the holders that must go (and when).
+
+    ``first_seen`` says since when each (pid, start, device) has been held
+    without entitlement; use that was never allowed ends ``grace`` after it
+    was first seen, a revocation at its own `effectiveAt`.
+    """
+    gpu_numbers = frozenset(n for s in slots for n in s.numbers)
+    decision = Decision()
+    for place in places:
+        if place.kind == "other":
+            continue
+        deny = gpu_numbers - allowed_numbers(slots, entitled(place, spec, slots, now))
+        if mode == "Enforce":
+            decision.deny[place.path] = deny
+        elif mode == "Audit":
+            decision.would_deny[place.path] = deny
+    if mode != "Enforce":
+        return decision
+    by_number: dict[Number, list[SlotDevices]] = {}
+    for slot in slots:
+        for number in slot.numbers:
+            by_number.setdefault(number, []).append(slot)
+    for holder in holders:
+        if holder.number not in gpu_numbers:
+            continue
+        allowed_now = holder.number in allowed_numbers(
+            slots, entitled(holder.place, spec, slots, now)
+        )
+        # A revocation covering this use, in force or still in its grace period, sets the
+        # deadline and the softness: the holder is warned now and ended at `effectiveAt`.
+        revocation = next(
+            (
+                r
+                for s in by_number.get(holder.number, [])
+                if (
+                    r := _revoked(spec, holder.owner, s.uuid, s.gpu_uuid, now, effective_only=False)
+                )
+            ),
+            None,
+        )
+        if revocation is not None and (not allowed_now or revocation.effective_at > now):
+            decision.ends.append(
+                End(holder, revocation.effective_at, revocation.reason, soft=revocation.soft)
+            )
+        elif not allowed_now:
+            since = first_seen.get((holder.pid, holder.start_ticks, holder.number), now)
+            what = {
+                "container": "its container was not allocated this GPU",
+                "pod": "its pod was not allocated this GPU",
+                "session": "its user has no host access to this GPU on this node",
+                "other": "it runs outside any cgroup allowed to use GPUs",
+            }[holder.place.kind]
+            decision.ends.append(End(holder, since + grace, what))
+    return decision
