@@ -271,9 +271,20 @@ class LocalCluster:
         self._etcd_url = url
         self._wait_ready(process, lambda: http_ok(f"{url}/health"), deadline_s, "etcd healthy")
 
-    def _start_apiserver(self, deadline_s: float) -> None:
+    def stop_apiserver(self) -> None:
+        """Stop only kube-apiserver (etcd and the controller-manager keep running)."""
+        for process in [p for p in self.processes if p.name == "kube-apiserver"]:
+            process.stop()
+            self.processes.remove(process)
+        self.pid_file.write(self.processes)
+
+    def start_apiserver(self, deadline_s: float = 120.0) -> None:
+        """Start kube-apiserver again, on the same port, after `stop_apiserver`."""
+        self._start_apiserver(deadline_s, port=self.port)
+
+    def _start_apiserver(self, deadline_s: float, port: int | None = None) -> None:
         pki = self.workdir / "pki"
-        self.port = free_port()
+        self.port = port or free_port()
         process = self.spawn(
             "kube-apiserver",
             [
