@@ -38,3 +38,4 @@ bench: build
 	$(VENV)/python -m benchmarks.operator_grants
 	$(VENV)/python -m benchmarks.agent_scan
 	$(VENV)/python -m benchmarks.device_plugin
+	$(VENV)/python -m benchmarks.revocation
