@@ -118,6 +118,7 @@ class Enforcer:
                 info = self.proc.process(container.pid)
                 if info is None:
                     continue
+            assert container is not None  # info was found through it
             stamp = verify(self.key, container.name, container.labels)
             login = views.logins.get(info.uid)
             owner = (

@@ -82,6 +82,15 @@ class Runner:
             )
         for thread in threads:
             thread.start()
+        if self.agent.policy is None and self.agent.enforcer is not None:
+            self.agent.enforcer.notify(
+                "enforcement.no_policy",
+                None,
+                "no GPUNode spec yet (apiserver unreachable and nothing saved): this node only "
+                "reports (Audit) until a policy arrives",
+                "Warning",
+                {"node": self.agent.node},
+            )
         next_scan = 0.0
         while not stop.is_set():
             self._guard("enforcement pass", self.agent.enforce)
