@@ -20,12 +20,15 @@ import structlog
 from controller.agent import metrics
 from controller.agent.enforcer import Enforcer, Outcome, Views
 from controller.agent.inventory import Inventory, Sample
+from controller.agent.lifecycle import DockerLifecycle
 from controller.agent.procfs import ProcReader
 from controller.agent.publisher import PolicyView, Publisher
 from controller.agent.report import Health, status
 from controller.agent.scan import ContainerCache, join, parents, read_passwd
 from controller.api.node import EnforcementMode, GPUNodeSpec, GPUNodeStatus
+from controller.api.ratelimit import GPURateLimitSpec
 from controller.policy.attribution import Memory, NodeView, PodView, attribute
+from controller.policy.effective import NamedLimit, effective_limits
 
 log = structlog.get_logger("ds01.agent")
 
@@ -45,6 +48,10 @@ class ClusterView(Protocol):
 
     def pods(self) -> dict[str, tuple[str, str]]:
         """Pod UID -> (namespace, name) for pods bound to this node."""
+        ...
+
+    def limits(self) -> list[NamedLimit]:
+        """Every GPURateLimit (all signed-in users may read them)."""
         ...
 
 
@@ -70,16 +77,21 @@ class _Views:
     refresh: timedelta
     by_namespace: dict[str, str] = field(default_factory=dict)
     by_login: dict[str, str] = field(default_factory=dict)
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    limits: list[NamedLimit] = field(default_factory=list)
     pods: dict[str, tuple[str, str]] = field(default_factory=dict)
     at: datetime | None = None
 
     def update(self, now: datetime) -> None:
         if self.cluster is None or (self.at is not None and now - self.at < self.refresh):
             return
-        from controller.agent.scan import accounts
+        from controller.agent.scan import account_groups, accounts
 
         try:
-            self.by_namespace, self.by_login = accounts(self.cluster.namespaces())
+            namespaces = self.cluster.namespaces()
+            self.by_namespace, self.by_login = accounts(namespaces)
+            self.groups = account_groups(namespaces)
+            self.limits = self.cluster.limits()
             self.pods = self.cluster.pods()
             self.at = now
         except Exception as error:  # fail open: keep the last view
@@ -106,6 +118,10 @@ class Agent:
     """The GPUNode spec in force: None until one was read (from the API or the state file)."""
     enforcer: Enforcer | None = None
     applied_generation: int | None = None
+    lifecycle: DockerLifecycle | None = None
+    """Idle reclaim and runtime limits for Docker containers (None: not on this host)."""
+    lifecycle_every: timedelta = timedelta(minutes=5)
+    _lifecycle_at: datetime | None = None
     inventory: Inventory | None = None
     memory: Memory = field(default_factory=Memory)
     last: GPUNodeStatus | None = None
@@ -210,6 +226,8 @@ class Agent:
             except Exception as error:  # fail open: the next scan tries again
                 log.warning("cannot publish status", error=str(error))
         self.last = report
+        if sample is not None:
+            self._judge_lifecycle(inventory, sample, now)
         metrics.observe(
             inventory,
             sample,
@@ -218,6 +236,36 @@ class Agent:
             time.process_time() - cpu,
         )
         return report
+
+    def _judge_lifecycle(self, inventory: Inventory, sample: Sample, now: datetime) -> None:
+        """One lifecycle check of the GPU containers the last enforcement pass found."""
+        if self.lifecycle is None or self.enforcer is None or self.policy is None:
+            return  # without a policy nothing is known about limits or exemptions
+        if self.mode == "Off":
+            return
+        if self._lifecycle_at is not None and now - self._lifecycle_at < self.lifecycle_every:
+            return
+        self._lifecycle_at = now
+        views = self._views
+        groups = views.groups if views is not None else {}
+        limits = views.limits if views is not None else []
+        cache: dict[str | None, GPURateLimitSpec] = {}
+
+        def limits_of(owner: str | None) -> GPURateLimitSpec:
+            if owner not in cache:
+                user = owner or ""
+                cache[owner] = effective_limits(user, groups.get(user, ()), limits).spec
+            return cache[owner]
+
+        self.lifecycle.run(
+            self.enforcer.gpu_containers,
+            inventory=inventory,
+            sample=sample,
+            limits_of=limits_of,
+            spec=self.policy.spec,
+            now=now,
+            audit=self.mode == "Audit",
+        )
 
     def _policy_message(self) -> str:
         if self.policy is None:

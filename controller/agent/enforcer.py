@@ -87,6 +87,8 @@ class Enforcer:
     _terms: dict[tuple[int, int], datetime] = field(default_factory=dict)
     _stopping: set[str] = field(default_factory=set)
     _containers: dict[str, Container | None] = field(default_factory=dict)
+    gpu_containers: list[tuple[Container, str | None, frozenset[str]]] = field(default_factory=list)
+    """Running containers with GPUs from the last pass: (container, owner, devices)."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- places ----------------------------------------------------------------
@@ -104,6 +106,7 @@ class Enforcer:
         for gone in self._containers.keys() - running:
             del self._containers[gone]
         places = []
+        seen: list[tuple[Container, str | None, frozenset[str]]] = []
         for container_id in sorted(running):
             container = self._containers.get(container_id)
             info = self.proc.process(container.pid) if container and container.pid else None
@@ -124,20 +127,24 @@ class Enforcer:
             owner = (
                 stamp.owner if stamp else (views.accounts_by_login.get(login) if login else None)
             )
+            devices = allocated(
+                container,
+                inventory,
+                stamp.devices if stamp else (),
+                trusted_only=self.key is not None,
+            )
             places.append(
                 Place(
                     path=info.cgroup.path,
                     kind="container",
                     owner=owner,
-                    allocated=allocated(
-                        container,
-                        inventory,
-                        stamp.devices if stamp else (),
-                        trusted_only=self.key is not None,
-                    ),
+                    allocated=devices,
                     container_id=container.id,
                 )
             )
+            if devices:
+                seen.append((container, owner, devices))
+        self.gpu_containers = seen
         return places
 
     def _pod_places(self, views: Views) -> list[Place]:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import structlog
 from kubernetes import client, config
@@ -24,6 +25,7 @@ from controller.agent.deviceplugin.manager import DevicePluginManager
 from controller.agent.docker import DockerClient
 from controller.agent.enforcer import Enforcer, Notify
 from controller.agent.inventory import Inventory
+from controller.agent.lifecycle import DockerLifecycle
 from controller.agent.nvml import Nvml
 from controller.agent.podresources import PodResourcesClient
 from controller.agent.procfs import ProcReader
@@ -31,6 +33,9 @@ from controller.agent.publisher import Publisher
 from controller.agent.runner import Runner
 from controller.agent.scan import ContainerCache
 from controller.agent.state import PolicyStore, StateError
+from controller.api.base import GROUP, VERSION
+from controller.api.kinds import GPURateLimit
+from controller.policy.effective import NamedLimit
 from controller.runtime import logs
 from controller.runtime.audit import AuditLog
 
@@ -65,6 +70,8 @@ class AgentOptions:
     """Grace before ending GPU use that was never allowed (revocations carry their own)."""
     kill_grace_s: float = 10.0
     stop_grace_s: int = 60
+    lifecycle_interval_s: float = 300.0
+    """Seconds between idle/runtime checks of GPU containers; 0 turns lifecycle off."""
     log_level: str = "INFO"
 
 
@@ -73,6 +80,7 @@ class KubeCluster:
 
     def __init__(self, api: client.ApiClient, node: str) -> None:
         self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
         self.node = node
 
     def namespaces(self) -> list[tuple[str, dict[str, str], dict[str, str]]]:
@@ -82,6 +90,15 @@ class KubeCluster:
             if meta is not None and meta.name:
                 out.append((meta.name, dict(meta.labels or {}), dict(meta.annotations or {})))
         return out
+
+    def limits(self) -> list[NamedLimit]:
+        listing = cast(
+            dict[str, Any], self.custom.list_cluster_custom_object(GROUP, VERSION, "gpuratelimits")
+        )
+        return [
+            NamedLimit(item["metadata"]["name"], GPURateLimit.model_validate(item).spec)
+            for item in listing.get("items", [])
+        ]
 
     def pods(self) -> dict[str, tuple[str, str]]:
         listing = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={self.node}")
@@ -176,6 +193,16 @@ def build(
         passwd=options.passwd,
         cgroup_version=cgroup_version(options.cgroup_root),
         enforcer=enforcer,
+        lifecycle=DockerLifecycle(
+            docker,
+            enforcer.notify,
+            cgroup_root=options.cgroup_root,
+            proc_root=options.proc_root,
+            state_file=options.state_dir / "lifecycle.json" if options.state_dir else None,
+        )
+        if docker is not None and options.lifecycle_interval_s > 0
+        else None,
+        lifecycle_every=timedelta(seconds=options.lifecycle_interval_s),
     )
     agent.inventory = inventory
     store = PolicyStore(options.state_dir) if options.state_dir is not None else None

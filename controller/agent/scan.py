@@ -146,6 +146,21 @@ class ContainerCache:
         return out
 
 
+def account_groups(
+    namespaces: Iterable[tuple[str, Mapping[str, str], Mapping[str, str]]],
+) -> dict[str, tuple[str, ...]]:
+    """Account user -> groups (from the account namespaces' annotations)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for name, labels, notes in namespaces:
+        try:
+            account = parse_account(name, labels, notes)
+        except AccountError:
+            continue
+        if account is not None:
+            out[account.user] = account.groups
+    return out
+
+
 def accounts(
     namespaces: Iterable[tuple[str, Mapping[str, str], Mapping[str, str]]],
 ) -> tuple[dict[str, str], dict[str, str]]:

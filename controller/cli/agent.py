@@ -29,7 +29,12 @@ def _run(args: argparse.Namespace) -> int:
             gateway_key=args.gateway_key,
             audit_log=args.audit_log,
             metrics_port=args.metrics_port,
+            state_dir=args.state_dir,
             interval_s=args.interval,
+            enforce_interval_s=args.enforce_interval,
+            grace_s=args.grace,
+            kill_grace_s=args.kill_grace,
+            lifecycle_interval_s=args.lifecycle_interval,
             log_level=args.log_level,
         )
     )
@@ -93,6 +98,12 @@ def register(commands: Any) -> None:
         type=float,
         default=10.0,
         help="seconds between SIGTERM and SIGKILL for processes outside containers",
+    )
+    parser.add_argument(
+        "--lifecycle-interval",
+        type=float,
+        default=300.0,
+        help="seconds between idle/runtime checks of GPU containers (0: no lifecycle here)",
     )
     parser.add_argument("--log-level", default=os.environ.get("DS01_LOG_LEVEL", "INFO"))
     parser.set_defaults(run=_run)

@@ -1,4 +1,5 @@
-"""Fixtures of the agent tier: the fake NVML library, its topology, a device tree."""
+"""Fixtures of the agent tier: the fake NVML library, its topology, a device tree,
+a real Docker engine (`docker_engine`) and an enforcing fake GPU node (`node`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.agent.enforcehost import node  # noqa: F401  (fixture)
+from tests.agent.engine import docker_engine  # noqa: F401  (fixture)
 from tests.agent.fakehost import FakeHost, fake_library
 
 

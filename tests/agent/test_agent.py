@@ -22,7 +22,7 @@ from controller.agent.deviceplugin.simkubelet import SimulatedPodResources, pod
 from controller.agent.main import AgentOptions, build
 from controller.cli.dev import install
 from controller.devcluster.controlplane import LocalCluster
-from tests.agent.engine import IMAGE, DockerEngine, docker_engine  # noqa: F401  (fixture)
+from tests.agent.engine import IMAGE, DockerEngine
 from tests.agent.fakehost import FakeHost
 from tests.agent.fakenvml.topology import ProcSpec
 from tests.agent.users import ensure_user, run_as
@@ -70,7 +70,7 @@ class Running:
 
 
 @pytest.fixture
-def running(admin: Kube, docker_engine: DockerEngine) -> Iterator[Running]:  # noqa: F811
+def running(admin: Kube, docker_engine: DockerEngine) -> Iterator[Running]:
     host_login, container_login = "ds01-carol", "ds01-dave"
     ensure_user(host_login)
     container_uid = ensure_user(container_login)
@@ -106,7 +106,7 @@ def test_agent_reports_inventory_workloads_and_violations(
     cluster: LocalCluster,
     admin: Kube,
     fake_host: FakeHost,
-    docker_engine: DockerEngine,  # noqa: F811
+    docker_engine: DockerEngine,
     running: Running,
     tmp_path: Path,
 ) -> None:

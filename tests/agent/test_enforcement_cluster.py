@@ -31,7 +31,7 @@ from controller.cli.dev import install, start_operator
 from controller.devcluster.controlplane import LocalCluster
 from controller.devcluster.process import wait_until
 from tests.agent.devtree import OPENABLE_MISC_MINORS
-from tests.agent.engine import IMAGE, DockerEngine, docker_engine  # noqa: F401  (fixture)
+from tests.agent.engine import IMAGE, DockerEngine
 from tests.agent.fakehost import FakeHost
 from tests.agent.fakenvml import a100_node
 from tests.agent.users import ensure_user
@@ -137,7 +137,7 @@ def running(
     cluster: LocalCluster,
     admin: Kube,
     fake_host: FakeHost,
-    docker_engine: DockerEngine,  # noqa: F811
+    docker_engine: DockerEngine,
     tmp_path: Path,
 ) -> Iterator[Running]:
     fake_host.topology = a100_node(minors=OPENABLE_MISC_MINORS)

@@ -24,7 +24,7 @@ from controller.policy.attribution import (
     ProcessUse,
     attribute,
 )
-from tests.agent.engine import IMAGE, DockerEngine, docker_engine  # noqa: F401  (fixture)
+from tests.agent.engine import IMAGE, DockerEngine
 from tests.agent.users import ensure_user, run_as
 from tests.unit.fixtures import later
 
@@ -66,7 +66,7 @@ def view_of(container: Container) -> ContainerView:
     )
 
 
-def test_container_process_is_found_through_its_cgroup(docker_engine: DockerEngine) -> None:  # noqa: F811
+def test_container_process_is_found_through_its_cgroup(docker_engine: DockerEngine) -> None:
     login = "ds01-alice"
     uid = ensure_user(login)
     name = f"train-{uuid.uuid4().hex[:6]}"
