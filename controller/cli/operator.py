@@ -17,6 +17,13 @@ def _duration(text: str) -> Any:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _positive_duration(text: str) -> Any:
+    value = _duration(text)
+    if not value:
+        raise argparse.ArgumentTypeError(f"{text!r} must be longer than 0s")
+    return value
+
+
 def _run(args: argparse.Namespace) -> int:
     from controller.operator.main import OperatorOptions, run
 
@@ -31,6 +38,9 @@ def _run(args: argparse.Namespace) -> int:
             default_duration=args.default_duration,
             expiry_warning=args.expiry_warning,
             operator_user=args.operator_user,
+            budget_bucket=args.budget_bucket,
+            workload_starts_window=args.workload_starts_window,
+            alert_cooldown=args.alert_cooldown,
         )
     )
 
@@ -71,5 +81,24 @@ def register(commands: Any) -> None:
         "--operator-user",
         default="system:serviceaccount:ds01-system:ds01-operator",
         help="the identity admission stamps on the operator's approvals",
+    )
+    parser.add_argument(
+        "--budget-bucket",
+        type=_positive_duration,
+        default="1h",
+        help="GPU-hour budgets are recorded in buckets of this length (use leaves the window "
+        "at most one bucket late)",
+    )
+    parser.add_argument(
+        "--workload-starts-window",
+        type=_positive_duration,
+        default="1h",
+        help="the window rates.workloadStartsPerHour is counted over (shorten only for tests)",
+    )
+    parser.add_argument(
+        "--alert-cooldown",
+        type=_duration,
+        default="4h",
+        help="least time between two quota alerts of one measure and level",
     )
     parser.set_defaults(run=_run)

@@ -9,6 +9,7 @@ finalizers of its own; the reconciler manages the one finalizer it needs.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,13 @@ import kopf
 import structlog
 from kubernetes import client, config
 
+from controller.api.accountpolicy import MANAGED_BY, MANAGED_BY_LABEL
 from controller.api.base import GROUP, VERSION
 from controller.api.kinds import GPUExemption, GPUGrant, GPUNode, GPURateLimit
 from controller.operator.reconciler import Reconciler
+from controller.policy.accounts import Stored, StoredKind
 from controller.policy.plan import Namespace
+from controller.policy.pods import Pod, parse_pod
 
 log = structlog.get_logger("ds01.operator")
 
@@ -97,9 +101,42 @@ def register(
 
     @kopf.index("namespaces", registry=registry, id="namespace_index")
     def namespace_index(
-        name: str, labels: kopf.Labels, annotations: kopf.Annotations, **_: Any
+        name: str, labels: kopf.Labels, annotations: kopf.Annotations, meta: kopf.Meta, **_: Any
     ) -> dict[str, Namespace]:
-        return {name: Namespace(name, dict(labels), dict(annotations))}
+        terminating = meta.get("deletionTimestamp") is not None
+        return {name: Namespace(name, dict(labels), dict(annotations), terminating)}
+
+    @kopf.index("pods", registry=registry, id="pod_index")
+    def pod_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[str, Pod]:
+        reconciler.nudge()
+        return {f"{namespace}/{name}": parse_pod(body)}
+
+    def managed(kind: StoredKind, field: str) -> Any:
+        """An index of the operator's own objects of ``kind`` (by their managed-by label)."""
+
+        def index(
+            namespace: str | None, name: str, body: kopf.Body, meta: kopf.Meta, **_: Any
+        ) -> dict[str, Stored]:
+            reconciler.nudge()
+            content = copy.deepcopy(dict(body.get(field) or {}))
+            if kind == "ResourceQuota":
+                content = dict(content.get("hard") or {})
+            stored = Stored(
+                kind, namespace or "", name, meta.get("uid"), meta.get("resourceVersion"), content
+            )
+            return {f"{namespace}/{name}": stored}
+
+        return index
+
+    owned = {MANAGED_BY_LABEL: MANAGED_BY}
+    for plural, kind, field in (
+        ("resourcequotas", "ResourceQuota", "spec"),
+        ("limitranges", "LimitRange", "spec"),
+        ("configmaps", "ConfigMap", "data"),
+    ):
+        kopf.index(plural, registry=registry, id=f"{plural}_index", labels=owned)(
+            managed(kind, field)  # type: ignore[arg-type]
+        )
 
     @kopf.index(GROUP, VERSION, "gpuratelimits", registry=registry, id="limit_index")
     def limit_index(name: str, body: kopf.Body, **_: Any) -> dict[str, GPURateLimit]:
@@ -144,4 +181,9 @@ def register(
     for plural in ("gpugrants", "gpunodes"):
         kopf.on.event(
             GROUP, VERSION, plural, registry=registry, id=f"deleted-{plural}", when=deleted
+        )(poke)
+    kopf.on.event("pods", registry=registry, id="deleted-pods", when=deleted)(poke)
+    for plural in ("resourcequotas", "limitranges", "configmaps"):
+        kopf.on.event(
+            plural, registry=registry, id=f"deleted-{plural}", labels=owned, when=deleted
         )(poke)

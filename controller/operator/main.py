@@ -16,6 +16,7 @@ from controller.api.node import EnforcementMode
 from controller.operator.handlers import register
 from controller.operator.reconciler import Reconciler
 from controller.operator.writer import Writer
+from controller.policy.accounts import AccountSettings
 from controller.policy.grants import GrantSettings
 from controller.policy.plan import Settings
 from controller.runtime import logs
@@ -37,6 +38,9 @@ class OperatorOptions:
     default_duration: timedelta = timedelta(hours=24)
     expiry_warning: timedelta = timedelta(hours=1)
     operator_user: str = "system:serviceaccount:ds01-system:ds01-operator"
+    budget_bucket: timedelta = timedelta(hours=1)
+    workload_starts_window: timedelta = timedelta(hours=1)
+    alert_cooldown: timedelta = timedelta(hours=4)
 
 
 def api_client(kubeconfig: Path | None) -> client.ApiClient:
@@ -59,6 +63,11 @@ def run(options: OperatorOptions) -> int:
             operator_user=options.operator_user,
         ),
         default_enforcement=options.default_enforcement,
+        accounts=AccountSettings(
+            budget_bucket=options.budget_bucket,
+            starts_window=options.workload_starts_window,
+            alert_cooldown=options.alert_cooldown,
+        ),
     )
     audit = AuditLog(options.audit_log, source="ds01-operator")
     reconciler = Reconciler(Writer(api_client(options.kubeconfig), audit), settings)

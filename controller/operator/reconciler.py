@@ -26,7 +26,18 @@ from controller.policy.plan import DecisionCache, Namespace, Plan, Settings, Sna
 
 log = structlog.get_logger("ds01.operator")
 
-INDEXES = ("namespace_index", "limit_index", "grant_index", "exemption_index", "node_index")
+INDEXES = (
+    "namespace_index",
+    "limit_index",
+    "grant_index",
+    "exemption_index",
+    "node_index",
+    "pod_index",
+    "resourcequotas_index",
+    "limitranges_index",
+    "configmaps_index",
+)
+MANAGED_INDEXES = ("resourcequotas_index", "limitranges_index", "configmaps_index")
 MAX_IDLE = timedelta(seconds=60)
 """Even with no events and no deadline, re-plan this often (clock drift, missed watches)."""
 DEBOUNCE = 0.02
@@ -81,6 +92,8 @@ class Reconciler:
             grants=_values(self.indexes["grant_index"]),
             exemptions=_values(self.indexes["exemption_index"]),
             nodes=_values(self.indexes["node_index"]),
+            pods=_values(self.indexes["pod_index"]),
+            managed=[m for name in MANAGED_INDEXES for m in _values(self.indexes[name])],
         )
 
     async def run(self) -> None:

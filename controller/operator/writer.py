@@ -24,6 +24,8 @@ from controller.api.base import GROUP, VERSION
 from controller.api.grant import GrantApproval
 from controller.api.kinds import GPUExemption, GPUGrant, GPURateLimit
 from controller.operator import metrics
+from controller.operator.accounts import account_jobs
+from controller.operator.patches import merge_patch
 from controller.policy.grants import reserves
 from controller.policy.plan import Plan, Snapshot
 from controller.policy.records import AuditRecord, EventRecord
@@ -32,23 +34,6 @@ from controller.runtime.audit import AuditLog
 FINALIZER = f"{GROUP}/revocation"
 COMPONENT = "ds01-operator"
 log = structlog.get_logger("ds01.operator.writer")
-
-
-def merge_patch(old: Any, new: Any) -> Any:
-    """The RFC 7386 merge patch that turns ``old`` into ``new`` (None when equal)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        patch: dict[str, Any] = {}
-        for key in old.keys() | new.keys():
-            if key not in new:
-                patch[key] = None
-            elif key not in old:
-                patch[key] = new[key]
-            else:
-                inner = merge_patch(old[key], new[key])
-                if inner is not None:
-                    patch[key] = inner
-        return patch or None
-    return None if old == new else new
 
 
 class Writer:
@@ -118,6 +103,7 @@ class Writer:
                         ),
                     )
                 )
+        jobs += account_jobs(self.core, self._call, plan, snapshot)
         results = await asyncio.gather(*(job for _, job in jobs))
         failed |= {key for (key, _), ok in zip(jobs, results, strict=True) if not ok}
 
@@ -224,7 +210,7 @@ class Writer:
     ) -> None:
         posts = []
         for event in events:
-            key = f"{event.about.namespace}/{event.about.name}" if event.about.namespace else None
+            key = _event_key(event)
             if key in failed:
                 continue
             posts.append(
@@ -239,16 +225,29 @@ class Writer:
                 metrics.DENIALS.labels(reason=event.reason).inc()
         await asyncio.gather(*posts)
         for record in audit:
-            key = record.details.get("grant")
+            key = record.object_key or record.details.get("grant")
             if key in failed:
                 continue
             self.audit.write(record.event_type, record.user, record.details)
 
 
+def _event_key(event: EventRecord) -> str | None:
+    """The failure key of the write an Event depends on (see `apply`)."""
+    about = event.about
+    if about.namespace is None:
+        return None
+    if about.kind in _CORE_KINDS:
+        return f"{about.kind.lower()}:{about.namespace}/{about.name}"
+    return f"{about.namespace}/{about.name}"
+
+
+_CORE_KINDS = ("Namespace", "ConfigMap", "ResourceQuota", "LimitRange", "Pod")
+
+
 def _event_body(event: EventRecord) -> client.CoreV1Event:
     now = datetime.now(UTC)
     about = event.about
-    api_version = "v1" if about.kind == "Namespace" else f"{GROUP}/{VERSION}"
+    api_version = "v1" if about.kind in _CORE_KINDS else f"{GROUP}/{VERSION}"
     return client.CoreV1Event(
         metadata=client.V1ObjectMeta(
             generate_name=f"{about.name}.", namespace=about.namespace or "default"

@@ -28,7 +28,8 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from controller.api.ratelimit import GPURateLimitSpec, LifecycleOverride, WorkloadType
-from controller.policy.units import parse_duration_limit, parse_quantity_bytes
+from controller.policy.quantity import parse_quantity_bytes
+from controller.policy.units import parse_duration_limit
 
 IDLE_WARNINGS = (80, 95)
 RUNTIME_WARNINGS = (75, 90)

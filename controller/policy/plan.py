@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from fractions import Fraction
 
-from controller.api.account import Account, AccountError, parse_account
+from controller.api.account import LABEL_USER, Account, AccountError, parse_account
 from controller.api.exemption import GPUExemptionStatus
 from controller.api.grant import GPUGrantStatus, GrantApproval
 from controller.api.kinds import GPUExemption, GPUGrant, GPUNode, GPURateLimit
@@ -28,6 +28,14 @@ from controller.api.ratelimit import GPURateLimitStatus
 from controller.policy import exemptions as exemption_policy
 from controller.policy import grants as grant_policy
 from controller.policy import usage
+from controller.policy.accounts import (
+    AccountDecision,
+    AccountInputs,
+    AccountSettings,
+    Stored,
+    ours,
+)
+from controller.policy.accounts import decide as decide_account
 from controller.policy.allocation import (
     Allocation,
     Request,
@@ -39,6 +47,8 @@ from controller.policy.allocation import (
 from controller.policy.conditions import Want, merge
 from controller.policy.effective import EffectiveLimits, NamedLimit, applies_to, effective_limits
 from controller.policy.nodes import HostExemption, NodeEffect, next_change, node_spec
+from controller.policy.pods import Pod
+from controller.policy.quota import resource_equivalents
 from controller.policy.records import AuditRecord, EventRecord
 from controller.policy.units import parse_duration_limit, parse_gpu_equivalents
 
@@ -50,6 +60,8 @@ class Namespace:
     name: str
     labels: Mapping[str, str]
     annotations: Mapping[str, str]
+    terminating: bool = False
+    """Being deleted: nothing new is written into it."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,9 @@ class Snapshot:
     grants: Sequence[GPUGrant]
     exemptions: Sequence[GPUExemption]
     nodes: Sequence[GPUNode]
+    pods: Sequence[Pod] = ()
+    managed: Sequence[Stored] = ()
+    """The operator's own objects in namespaces (quotas, LimitRanges, policy ConfigMaps)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,7 @@ class Settings:
 
     grants: grant_policy.GrantSettings = field(default_factory=grant_policy.GrantSettings)
     default_enforcement: EnforcementMode = "Enforce"
+    accounts: AccountSettings = field(default_factory=AccountSettings)
 
 
 @dataclass
@@ -88,6 +104,10 @@ class Plan:
     """GPU-equivalents of each subject's active grants (for metrics)."""
     in_use: dict[str, Fraction] = field(default_factory=dict)
     """GPU-equivalents each owner is using, as the agents report (for metrics)."""
+    accounts: dict[str, AccountDecision] = field(default_factory=dict)
+    """Per account namespace: its ResourceQuota, LimitRange and policy ConfigMap."""
+    orphans: list[Stored] = field(default_factory=list)
+    """Objects of ours in namespaces that are no longer accounts: to delete."""
 
     def wake(self, at: datetime | None) -> None:
         if at is not None and (self.wake_at is None or at < self.wake_at):
@@ -150,6 +170,7 @@ class DecisionCache:
 
     def __init__(self) -> None:
         self._memo: dict[str, _Memo] = {}
+        self._accounts: dict[str, tuple[tuple[object, ...], AccountDecision]] = {}
 
     def get(
         self, key: str, inputs: tuple[object, ...], now: datetime
@@ -171,6 +192,28 @@ class DecisionCache:
     def keep_only(self, keys: set[str]) -> None:
         for gone in self._memo.keys() - keys:
             del self._memo[gone]
+
+    def account(
+        self, namespace: str, inputs: tuple[object, ...], now: datetime
+    ) -> AccountDecision | None:
+        """An account's decision, under the same rules as a grant's (see the class)."""
+        memo = self._accounts.get(namespace)
+        if memo is None or memo[0] != inputs:
+            return None
+        wake = memo[1].wake_at
+        return memo[1] if wake is None or now < wake else None
+
+    def put_account(
+        self, namespace: str, inputs: tuple[object, ...], decision: AccountDecision
+    ) -> None:
+        if decision.events or decision.audit:
+            self._accounts.pop(namespace, None)
+        else:
+            self._accounts[namespace] = (inputs, decision)
+
+    def keep_only_accounts(self, namespaces: set[str]) -> None:
+        for gone in self._accounts.keys() - namespaces:
+            del self._accounts[gone]
 
 
 class _Planner:
@@ -275,6 +318,7 @@ class _Planner:
             if effect is not None:
                 effects.append(effect)
         self.account_usage(decisions, contexts)
+        self.account_objects(decisions)
 
         host_exemptions = _host_exemptions(self.snapshot.exemptions, self.by_user, now)
         for node in self.snapshot.nodes:
@@ -343,6 +387,79 @@ class _Planner:
                 self.out.granted[grant.spec.subject.name] = self.out.granted.get(
                     grant.spec.subject.name, Fraction(0)
                 ) + usage.fraction(new.gpu_equivalents or "0")
+
+    def account_objects(self, decisions: Mapping[str, grant_policy.GrantDecision]) -> None:
+        """Each account's quota, LimitRange and published policy; orphans to delete."""
+        pods: dict[str, list[Pod]] = {}
+        for pod in self.snapshot.pods:
+            pods.setdefault(pod.namespace, []).append(pod)
+        stored = ours(self.snapshot.managed)
+        equivalents = resource_equivalents(self.snapshot.nodes)
+        labelled = {
+            ns.name
+            for ns in self.snapshot.namespaces
+            if LABEL_USER in ns.labels and not ns.terminating
+        }
+        terminating = {ns.name for ns in self.snapshot.namespaces if ns.terminating}
+        for namespace, account in sorted(self.by_namespace.items()):
+            if namespace not in labelled:
+                continue
+            published = stored.get(("ConfigMap", namespace))
+            grants = [
+                (g, decisions[grant_policy.key(g)].status)
+                for g in self.by_subject.get(account.user, ())
+                if g.metadata.namespace == namespace
+            ]
+            mine = pods.get(namespace, [])
+            reported = self.out.in_use.get(account.user, Fraction(0))
+            content = dict(published.content) if published else None
+            uid = published.uid if published else None
+            inputs = (
+                self.world,
+                account,
+                mine,
+                [(g.metadata.resource_version, status) for g, status in grants],
+                reported,
+                equivalents,
+                content,
+                uid,
+                self.settings.accounts,
+            )
+            decided = self.cache.account(namespace, inputs, self.now)
+            if decided is None:
+                decided = decide_account(
+                    AccountInputs(
+                        account=account,
+                        limits=self.limits(account.user, account.groups),
+                        exemptions=exemption_policy.in_force(
+                            self.snapshot.exemptions, account.user, account.groups, self.now
+                        ),
+                        grants=grants,
+                        pods=mine,
+                        equivalents=equivalents,
+                        reported=reported,
+                        published=content,
+                        published_uid=uid,
+                    ),
+                    self.now,
+                    self.settings.accounts,
+                )
+                self.cache.put_account(namespace, inputs, decided)
+            self.out.accounts[namespace] = decided
+            self.out.events += decided.events
+            self.out.audit += decided.audit
+            self.out.wake(decided.wake_at)
+        self.cache.keep_only_accounts(set(self.out.accounts))
+        # Only namespaces that exist and lost the account label are cleaned up; an
+        # account whose annotations are broken keeps its objects (and its budget record).
+        accounts_or_gone = {ns.name for ns in self.snapshot.namespaces if LABEL_USER in ns.labels}
+        accounts_or_gone |= terminating
+        known = {ns.name for ns in self.snapshot.namespaces}
+        self.out.orphans = [
+            m
+            for (_, namespace), m in sorted(stored.items())
+            if namespace in known and namespace not in accounts_or_gone
+        ]
 
     def lifecycle_exemptions(self, node: str) -> list[LifecycleExemptionEntry]:
         """Idle and runtime exemptions in force on ``node``, expanded to the users they cover."""

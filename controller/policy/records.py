@@ -37,3 +37,5 @@ class AuditRecord:
     event_type: str
     user: str
     details: dict[str, Any] = field(default_factory=dict)
+    object_key: str | None = None
+    """The write this record depends on: it is recorded only once that write succeeded."""

@@ -94,32 +94,3 @@ def format_duration(delta: timedelta) -> str:
     text = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "")
     text += f"{seconds}s" if seconds or not text else ""
     return text
-
-
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([KMGTPE]i?|[kmMGTPE])?$")
-_FACTORS = {
-    None: 1,
-    "k": 10**3,
-    "K": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "P": 10**15,
-    "E": 10**18,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-    "Ei": 2**60,
-}
-
-
-def parse_quantity_bytes(value: int | str) -> int:
-    """A Kubernetes quantity of bytes (`1Mi`, `32Gi`, `500M`, `1024`) as an integer."""
-    if isinstance(value, int):
-        return value
-    match = _QUANTITY.match(value)
-    if not match or match.group(2) == "m":
-        raise ValueError(f"{value!r} is not a quantity of bytes such as 1Mi or 32Gi")
-    return int(float(match.group(1)) * _FACTORS[match.group(2)])

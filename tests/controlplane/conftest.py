@@ -63,13 +63,30 @@ class OperatorEnv:
         self.metrics_port = free_port()
         self.process: ManagedProcess | None = None
 
+    # Windows and cooldowns made short by configuration, never by sleeping.
+    BUDGET_BUCKET_S = 1
+    STARTS_WINDOW_S = 15
+    ALERT_COOLDOWN_S = 5
+
     def start(self) -> None:
         self.process = start_operator(
             self.cluster,
             "--expiry-warning=4s",
             "--default-enforcement=Enforce",
             f"--metrics-port={self.metrics_port}",
+            f"--budget-bucket={self.BUDGET_BUCKET_S}s",
+            f"--workload-starts-window={self.STARTS_WINDOW_S}s",
+            f"--alert-cooldown={self.ALERT_COOLDOWN_S}s",
         )
+
+    def pause(self) -> None:
+        """SIGSTOP: the operator sees nothing and writes nothing until `resume`."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL: no cleanup handlers, no graceful shutdown."""

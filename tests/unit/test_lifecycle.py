@@ -17,7 +17,7 @@ from controller.policy.lifecycle import (
     keep_alive_until,
     rules_for,
 )
-from controller.policy.units import parse_quantity_bytes
+from controller.policy.quantity import parse_quantity_bytes
 from tests.unit.fixtures import T0, later
 from tests.unit.test_effective import samples
 
