@@ -1,7 +1,7 @@
 """Benchmark: one full agent NVML scan on an 8-GPU node with 200 GPU processes.
 
 Runs the agent's real NVML layer (`controller.agent.nvml.Nvml`) through the
-pinned pynvml binding against the fake NVML library (tests/agent/fakenvml):
+pinned pynvml binding against the fake NVML library (controller/devcluster/fakegpu):
 8 x A100-SXM4-40GB, GPUs 0 and 1 in MIG mode (8 MIG devices), NVSwitch, and
 200 compute processes spread over the 6 whole GPUs and 8 MIG devices. A scan
 is an XID poll (timeout 0), a refresh of GPUs and MIG devices, and a sample
@@ -25,8 +25,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from controller.devcluster.fakegpu import ProcSpec, Topology, a100_node
 from tests.agent.fakehost import FakeHost, fake_library, point_fake_at
-from tests.agent.fakenvml import ProcSpec, Topology, a100_node
 
 # The DESIGN.md target this is compared with (section 8).
 TARGET_CPU_MS = 20.0

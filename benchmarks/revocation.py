@@ -32,11 +32,11 @@ from controller.agent.main import AgentOptions, build
 from controller.agent.runner import Runner
 from controller.cli.dev import install
 from controller.devcluster.controlplane import LocalCluster
+from controller.devcluster.fakegpu import a100_node
+from controller.devcluster.fakegpu.devtree import OPENABLE_MISC_MINORS
 from controller.devcluster.process import wait_until
 from controller.runtime import logs
-from tests.agent.devtree import OPENABLE_MISC_MINORS
 from tests.agent.fakehost import FakeHost, fake_library, point_fake_at
-from tests.agent.fakenvml import a100_node
 from tests.agent.users import ensure_user
 from tests.controlplane.kube import Kube, agent_kubeconfig
 

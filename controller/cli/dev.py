@@ -20,7 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from controller.devcluster import binaries, simnode
+from controller.api.account import LABEL_USER
+from controller.api.accountpolicy import POLICY_CONFIGMAP
+from controller.devcluster import agentnode, binaries, dockerd, simnode
 from controller.devcluster.controlplane import (
     ADMIN_USER,
     LocalCluster,
@@ -51,13 +53,18 @@ spec:
 {approval}"""
 
 
+PROBE_NAMESPACE = "ds01-admission-probe"
+
+
 def wait_for_admission(cluster: LocalCluster, deadline_s: float = 60) -> None:
     """Wait until the admission policies judge requests (they load asynchronously).
 
     Server-side dry runs go through admission without storing anything: the
     mutating policy must stamp `requestedBy` over a forged value, and the
-    validating policies must refuse the admin's approval of a grant for themself
-    and a GPUNode written by an agent whose token is bound to no node.
+    validating policies must refuse the admin's approval of a grant for themself,
+    a GPUNode written by an agent whose token is bound to no node, and a
+    privileged pod or one over its device cap in an account namespace (a
+    throwaway one with hand-written parameters, deleted afterwards).
     """
     stamp = _PROBE.format(subject="admission-probe", approval="")
     own = _PROBE.format(subject=ADMIN_USER, approval="  approval: {decision: Approved}\n")
@@ -76,15 +83,62 @@ def wait_for_admission(cluster: LocalCluster, deadline_s: float = 60) -> None:
             "create", "--dry-run=server", *extra, "-f", "-", stdin=manifest, check=False
         )
 
+    # An account namespace with parameters that allow anything but two devices in one pod.
+    probe_params = {
+        "podsBlocked": "",
+        "gpuBlocked": "",
+        "gpuResources": "gpu",
+        "gpuResourcesNote": "probe",
+        "maxDevicesPerWorkload": "1",
+        "maxDevicesPerWorkloadSource": "probe",
+        "gpuRemaining": "Unlimited",
+        "gpuAllowance": "Unlimited",
+        "gpuAllowanceSource": "probe",
+        "gpuInUse": "0",
+    }
+    for manifest in (
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": PROBE_NAMESPACE, "labels": {LABEL_USER: "admission-probe"}},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": POLICY_CONFIGMAP, "namespace": PROBE_NAMESPACE},
+            "data": probe_params,
+        },
+    ):
+        cluster.kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
+
+    def pod(name: str, privileged: bool, gpus: int) -> str:
+        container = {
+            "name": "probe",
+            "image": "probe",
+            "securityContext": {"privileged": privileged},
+            "resources": {"limits": {"gpu.ds01.io/gpu": str(gpus)}},
+        }
+        return json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": PROBE_NAMESPACE},
+                "spec": {"containers": [container]},
+            }
+        )
+
     def in_force() -> bool:
         stamped = dry_run(stamp, "-o", "jsonpath={.spec.requestedBy}")
         return (
             stamped.stdout == ADMIN_USER
             and "ds01-grant-approval" in dry_run(own).stderr
             and "ds01-agent-own-node" in dry_run(node, agent).stderr
+            and "ds01-pod-security" in dry_run(pod("privileged", True, 1)).stderr
+            and "ds01-pod-limits" in dry_run(pod("two-gpus", False, 2)).stderr
         )
 
     wait_until(in_force, deadline_s, "the ds01 admission policies to be in force", 0.25)
+    cluster.kubectl("delete", "namespace", PROBE_NAMESPACE, "--wait=false")
 
 
 def install(cluster: LocalCluster, samples: bool = True) -> None:
@@ -122,6 +176,18 @@ def add_simulated_node(
         "-p",
         json.dumps(simnode.status(name)),
     )
+
+
+def add_dev_node(cluster: LocalCluster, agent: bool = True) -> agentnode.AgentNode | str:
+    """The simulated GPU node: run by a real agent when this host can, else a written status.
+
+    Returns the running node, or why no agent runs (for one line of output).
+    """
+    unmet = agentnode.unmet_requirements() if agent else []
+    if agent and not unmet:
+        return agentnode.start(cluster, SIMULATED_NODE)
+    add_simulated_node(cluster, SIMULATED_NODE)
+    return f"needs {'; '.join(unmet)}" if unmet else "--no-agent given"
 
 
 def start_operator(cluster: LocalCluster, *extra: str, deadline_s: float = 60) -> ManagedProcess:
@@ -166,7 +232,7 @@ def _up(args: argparse.Namespace) -> int:
     cluster.start()
     try:
         install(cluster, samples=not args.no_samples)
-        add_simulated_node(cluster, SIMULATED_NODE)
+        node = add_dev_node(cluster, agent=not args.no_agent)
         start_operator(cluster)
     except BaseException:
         cluster.stop()
@@ -179,10 +245,12 @@ def _up(args: argparse.Namespace) -> int:
         f"  API server:  {cluster.server}\n"
         f"  operator:    running as ServiceAccount ds01-system/ds01-operator\n"
         f"  GPU node:    {SIMULATED_NODE} (simulated: 8 x A100-80GB, GPUs 0-1 in MIG mode)\n"
+        f"{_node_lines(node)}"
         f"  logs:        {workdir / 'logs'}   audit: {workdir / 'audit.jsonl'}\n\n"
         f"  export KUBECONFIG={shlex.quote(str(cluster.kubeconfig))}\n"
         f"  export PATH={shlex.quote(str(kubectl_dir))}:$PATH"
-        f"   # kubectl {built.kubernetes_version}\n\n"
+        f"   # kubectl {built.kubernetes_version}\n"
+        f"{_node_exports(node)}\n"
         "  kubectl get ds01 -A\n"
         "  ds01 dev kubeconfig --user 248835@lab.example --group student   # act as a student\n",
         flush=True,
@@ -191,6 +259,26 @@ def _up(args: argparse.Namespace) -> int:
         print("detached; `ds01 dev down` stops it")
         return 0
     return _serve(cluster)
+
+
+def _node_lines(node: agentnode.AgentNode | str) -> str:
+    if isinstance(node, str):
+        return f"  no agent:    {node} (so {SIMULATED_NODE}'s status is written once, unenforced)\n"
+    return (
+        f"  node agent:  `ds01 agent` as ServiceAccount ds01-system/ds01-agent, enforcing"
+        f" (fake NVML; log {node.log}, audit {node.audit_log})\n"
+        f"  docker:      {node.docker_host} (the node's own dockerd; image {dockerd.IMAGE})\n"
+        f"  GPU devices: {node.dev_root}/nvidia<minor>\n"
+    )
+
+
+def _node_exports(node: agentnode.AgentNode | str) -> str:
+    if isinstance(node, str):
+        return ""
+    return (
+        f"  export DOCKER_HOST={shlex.quote(node.docker_host)}   # the GPU node's dockerd\n"
+        f"  export DS01_GPU_DEV={shlex.quote(str(node.dev_root))}   # its device nodes\n"
+    )
 
 
 def _serve(cluster: LocalCluster) -> int:
@@ -259,6 +347,11 @@ def register(commands: Any) -> None:
     up = sub.add_parser("up", help="build if needed, start, install CRDs, RBAC and samples")
     up.add_argument("--no-samples", action="store_true", help="install CRDs and RBAC only")
     up.add_argument("--detach", action="store_true", help="return once up; `down` stops it")
+    up.add_argument(
+        "--no-agent",
+        action="store_true",
+        help="write the GPU node's status instead of running an agent with its own dockerd",
+    )
     up.set_defaults(run=_up)
     build = sub.add_parser("build", help="build the control-plane binaries if missing")
     build.set_defaults(run=_build)

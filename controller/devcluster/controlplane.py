@@ -218,9 +218,16 @@ class LocalCluster:
         self._ca.client("system:kube-controller-manager").write(pki, "controller-manager")
         service_account_keys().write(pki, "sa")
 
-    def spawn(self, name: str, argv: list[str]) -> ManagedProcess:
+    def spawn(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        stop_grace_s: float = 10.0,
+    ) -> ManagedProcess:
         """Start a process that belongs to this cluster: logged, recorded, stopped with it."""
-        process = spawn(name, argv, self.workdir / "logs" / f"{name}.log")
+        log = self.workdir / "logs" / f"{name}.log"
+        process = spawn(name, argv, log, env=env, stop_grace_s=stop_grace_s)
         self.processes.append(process)
         self.pid_file.write(self.processes)
         return process

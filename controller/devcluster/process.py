@@ -49,6 +49,9 @@ class ManagedProcess:
     start_ticks: int | None
     log: Path
     popen: subprocess.Popen[bytes] | None = None
+    stop_grace_s: float = 10.0
+    """How long ``stop`` waits after SIGTERM: recorded, so `ds01 dev down` gives a
+    process that shuts down slowly on purpose (dockerd stopping its containers) its time."""
 
     def alive(self) -> bool:
         if self.popen is not None:
@@ -62,14 +65,15 @@ class ManagedProcess:
         except OSError:
             return "(no log)"
 
-    def stop(self, grace_s: float = 10.0) -> None:
+    def stop(self, grace_s: float | None = None) -> None:
         """SIGTERM the process group, then SIGKILL it if it outlives the grace period."""
         if not self.alive():
             self._reap()
             return
+        grace = self.stop_grace_s if grace_s is None else grace_s
         self._signal(signal.SIGTERM)
         try:
-            wait_until(lambda: not self.alive(), grace_s, f"{self.name} to exit", 0.05)
+            wait_until(lambda: not self.alive(), grace, f"{self.name} to exit", 0.05)
         except TimeoutError:
             self._signal(signal.SIGKILL)
             wait_until(lambda: not self.alive(), 10, f"{self.name} to die", 0.05)
@@ -88,7 +92,13 @@ class ManagedProcess:
             self.popen.wait(timeout=10)
 
     def to_record(self) -> dict[str, object]:
-        return {"name": self.name, "pid": self.pid, "start": self.start_ticks, "log": str(self.log)}
+        return {
+            "name": self.name,
+            "pid": self.pid,
+            "start": self.start_ticks,
+            "log": str(self.log),
+            "grace": self.stop_grace_s,
+        }
 
 
 def _is_zombie(pid: int) -> bool:
@@ -99,7 +109,11 @@ def _is_zombie(pid: int) -> bool:
 
 
 def spawn(
-    name: str, argv: list[str], log: Path, env: dict[str, str] | None = None
+    name: str,
+    argv: list[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    stop_grace_s: float = 10.0,
 ) -> ManagedProcess:
     """Start ``argv`` in a new session with stdout and stderr going to ``log``."""
     with open(log, "ab") as out:
@@ -111,7 +125,7 @@ def spawn(
             start_new_session=True,
             env=env,
         )
-    return ManagedProcess(name, popen.pid, _start_ticks(popen.pid), log, popen)
+    return ManagedProcess(name, popen.pid, _start_ticks(popen.pid), log, popen, stop_grace_s)
 
 
 class PidFile:
@@ -131,7 +145,13 @@ class PidFile:
         except (OSError, ValueError):
             return []
         return [
-            ManagedProcess(str(r["name"]), int(r["pid"]), r.get("start"), Path(r["log"]))
+            ManagedProcess(
+                str(r["name"]),
+                int(r["pid"]),
+                r.get("start"),
+                Path(r["log"]),
+                stop_grace_s=float(r.get("grace", 10.0)),
+            )
             for r in records
         ]
 

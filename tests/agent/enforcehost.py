@@ -26,11 +26,11 @@ from controller.agent.main import AgentOptions, build
 from controller.agent.publisher import PolicyView
 from controller.agent.trust import sign
 from controller.api.node import GPUNodeSpec
+from controller.devcluster.fakegpu import a100_node
+from controller.devcluster.fakegpu.devtree import OPENABLE_MISC_MINORS
 from controller.policy.effective import NamedLimit
-from tests.agent.devtree import OPENABLE_MISC_MINORS
 from tests.agent.engine import IMAGE, DockerEngine
 from tests.agent.fakehost import FakeHost
-from tests.agent.fakenvml import a100_node
 from tests.agent.users import ensure_user
 
 DEVICES = Path("/sys/fs/cgroup/devices")

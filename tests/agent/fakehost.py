@@ -13,8 +13,8 @@ from typing import Any
 
 from controller.agent.nvml import Nvml
 from controller.devcluster.binaries import cache_root
-from tests.agent.devtree import DevTree, make_devtree
-from tests.agent.fakenvml import TOPOLOGY_ENV, Topology, a100_node, build
+from controller.devcluster.fakegpu import TOPOLOGY_ENV, Topology, a100_node, build
+from controller.devcluster.fakegpu.devtree import DevTree, make_devtree
 
 
 def fake_library() -> Path:

@@ -22,9 +22,9 @@ from controller.agent.deviceplugin.simkubelet import SimulatedPodResources, pod
 from controller.agent.main import AgentOptions, build
 from controller.cli.dev import install
 from controller.devcluster.controlplane import LocalCluster
+from controller.devcluster.fakegpu.topology import ProcSpec
 from tests.agent.engine import IMAGE, DockerEngine
 from tests.agent.fakehost import FakeHost
-from tests.agent.fakenvml.topology import ProcSpec
 from tests.agent.users import ensure_user, run_as
 from tests.controlplane.kube import Kube, agent_kubeconfig
 

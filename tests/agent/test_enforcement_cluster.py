@@ -29,11 +29,11 @@ from controller.agent.runner import Runner
 from controller.agent.state import PolicyStore
 from controller.cli.dev import install, start_operator
 from controller.devcluster.controlplane import LocalCluster
+from controller.devcluster.fakegpu import a100_node
+from controller.devcluster.fakegpu.devtree import OPENABLE_MISC_MINORS
 from controller.devcluster.process import wait_until
-from tests.agent.devtree import OPENABLE_MISC_MINORS
 from tests.agent.engine import IMAGE, DockerEngine
 from tests.agent.fakehost import FakeHost
-from tests.agent.fakenvml import a100_node
 from tests.agent.users import ensure_user
 from tests.controlplane.kube import Kube, agent_kubeconfig
 

@@ -27,11 +27,17 @@ from controller.agent.inventory import (
 )
 from controller.agent.nvml import Nvml, NvmlUnavailableError, profile_name
 from controller.agent.nvml.devnodes import read_majors
+from controller.devcluster.fakegpu import MigSpec, ProcSpec, a100_node, build
+from controller.devcluster.fakegpu.devtree import (
+    CAPS_MAJOR,
+    NVIDIA_MAJOR,
+    OPENABLE_MISC_MINORS,
+    UVM_MAJOR,
+    cap_minor,
+)
+from controller.devcluster.fakegpu.topology import PROFILES, mig_uuid
 from controller.devcluster.process import wait_until
-from tests.agent.devtree import CAPS_MAJOR, NVIDIA_MAJOR, OPENABLE_MISC_MINORS, UVM_MAJOR, cap_minor
 from tests.agent.fakehost import FakeHost
-from tests.agent.fakenvml import MigSpec, ProcSpec, a100_node, build
-from tests.agent.fakenvml.topology import PROFILES, mig_uuid
 
 # ---- inventory ----
 

@@ -1,4 +1,10 @@
-"""`ds01 dev up|down|kubeconfig`, the README's first command, run as a newcomer would."""
+"""`ds01 dev up|down|kubeconfig`, the README's first command, run as a newcomer would.
+
+Where the host can (root, cgroup v1 device control, docker.io, gcc), `up`
+also runs a real agent with its own dockerd on the simulated GPU node; the
+last test walks the README's walk-through on it. Under CI=true a host that
+cannot is a failure (the skip counts as one).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,24 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from controller import __version__
+from controller.devcluster import agentnode, simnode
 from controller.devcluster.binaries import planned
+from controller.devcluster.dockerd import IMAGE
+from controller.devcluster.fakegpu import Topology
 from controller.devcluster.process import wait_until
+from tests.agent.users import ensure_user
 
 DS01 = [sys.executable, "-m", "controller.cli.main"]
+UNMET = agentnode.unmet_requirements()
+CONTROL_PLANE = ["etcd", "kube-apiserver", "kube-controller-manager"]
+PROCESSES = (
+    [*CONTROL_PLANE, "operator"] if UNMET else [*CONTROL_PLANE, "dockerd", "agent", "operator"]
+)
 
 
 def run(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -23,9 +42,10 @@ def run(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def kubectl(kubeconfig: str, *args: str) -> str:
+def kubectl(kubeconfig: str, *args: str, stdin: str | None = None) -> str:
     return subprocess.run(
         [str(planned().kubectl), "--kubeconfig", kubeconfig, *args],
+        input=stdin,
         capture_output=True,
         text=True,
         check=True,
@@ -35,6 +55,10 @@ def kubectl(kubeconfig: str, *args: str) -> str:
 
 def recorded_pids(workdir: Path) -> list[int]:
     return [int(r["pid"]) for r in json.loads((workdir / "pids.json").read_text())]
+
+
+def recorded_names(workdir: Path) -> list[str]:
+    return [str(r["name"]) for r in json.loads((workdir / "pids.json").read_text())]
 
 
 def gone(pid: int) -> bool:
@@ -54,7 +78,7 @@ def test_up_detached_then_kubeconfig_then_down(tmp_path: Path) -> None:
         kubeconfig = re.search(r"export KUBECONFIG=(\S+)", up.stdout)
         assert kubeconfig, up.stdout
         assert f"Kubernetes {planned().kubernetes_version}" in up.stdout
-        assert len(pids) == 4  # etcd, kube-apiserver, kube-controller-manager, operator
+        assert recorded_names(tmp_path) == PROCESSES
         grants = kubectl(kubeconfig.group(1), "get", "gpugrants", "-A", "-o", "name")
         assert "gpugrant.gpu.ds01.io/neurips-deadline" in grants
 
@@ -87,7 +111,7 @@ def test_up_detached_then_kubeconfig_then_down(tmp_path: Path) -> None:
         assert "student" in user["groups"]
     finally:
         down = run(tmp_path, "down")
-    assert down.returncode == 0 and "stopped 4" in down.stdout
+    assert down.returncode == 0 and f"stopped {len(PROCESSES)}" in down.stdout
     assert all(gone(pid) for pid in pids)
     assert not (tmp_path / "pids.json").exists()
     assert "nothing running" in run(tmp_path, "down").stdout
@@ -120,3 +144,167 @@ def test_up_in_the_foreground_stops_everything_on_interrupt(tmp_path: Path) -> N
     # The foreground process was the parent: its children are reaped, not zombies.
     assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
     wait_until(lambda: not (tmp_path / "pids.json").exists(), 5, "the pid file to be removed")
+
+
+# The README's walk-through, as an admin and as the user (kim) would type it.
+KIM = "kim@lab.example"
+KIM_LOGIN = "ds01-kim"
+ACCOUNT = f"""
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: u-kim
+  labels: {{gpu.ds01.io/user: kim-lab.example}}
+  annotations:
+    gpu.ds01.io/user-name: {KIM}
+    gpu.ds01.io/groups: researcher
+    gpu.ds01.io/linux-user: {KIM_LOGIN}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: ds01-account-owner, namespace: u-kim}}
+subjects: [{{kind: User, name: {KIM}, apiGroup: rbac.authorization.k8s.io}}]
+roleRef: {{kind: ClusterRole, name: ds01-user, apiGroup: rbac.authorization.k8s.io}}
+---
+apiVersion: gpu.ds01.io/v1alpha1
+kind: GPURateLimit
+metadata: {{name: kim}}
+spec:
+  subjects: [{{kind: User, name: {KIM}}}]
+  priority: 50
+  grants: {{approval: Auto, revocationGrace: 20s}}
+"""
+GRANT = f"""
+apiVersion: gpu.ds01.io/v1alpha1
+kind: GPUGrant
+metadata: {{name: paper, namespace: u-kim}}
+spec:
+  subject: {{kind: User, name: {KIM}}}
+  gpus: {{count: 1}}
+  placement: {{reserve: true, nodeName: gpu-node-1}}
+  duration: 1h
+  reason: the README walk-through
+"""
+
+
+def exports(stdout: str) -> dict[str, str]:
+    """The `export NAME=value` lines `up` printed."""
+    return dict(re.findall(r"^\s*export (\w+)=(\S+)", stdout, re.MULTILINE))
+
+
+def leftovers(*markers: str) -> list[str]:
+    """Command lines of processes that mention any of ``markers`` (containerd, shims, ...)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if command and any(m in command for m in markers) and not gone(int(entry.name)):
+            found.append(f"{entry.name}: {command}")
+    return found
+
+
+class Node:
+    """The simulated node as `up` printed it: kubectl as admin, docker on its engine."""
+
+    def __init__(self, stdout: str) -> None:
+        env = exports(stdout)
+        self.admin = env["KUBECONFIG"]
+        self.dev = Path(env["DS01_GPU_DEV"])
+        self.docker_env = {**os.environ, "DOCKER_HOST": env["DOCKER_HOST"]}
+
+    def gpunode(self) -> dict[str, Any]:
+        return json.loads(kubectl(self.admin, "get", "gpunode", "gpu-node-1", "-o", "json"))
+
+    def docker(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["docker", *args],
+            env=self.docker_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    def running(self, name: str) -> str:
+        return self.docker("inspect", "-f", "{{.State.Running}}", name).stdout.strip()
+
+    def opens(self, name: str) -> str:
+        """Open the container's GPU once more: 'OPEN' or the shell's error."""
+        tried = self.docker("exec", name, "sh", "-c", "exec 4<>/dev/gpu0 && echo OPEN")
+        return tried.stdout + tried.stderr
+
+    def applied(self, user: str) -> bool:
+        """A reservation for ``user`` is in the spec, and the agent applied that spec."""
+        node = self.gpunode()
+        reserved = any(r["user"] == user for r in node["spec"].get("reservations") or [])
+        return (
+            reserved and node["status"].get("appliedGeneration") == node["metadata"]["generation"]
+        )
+
+
+def check_the_agents_report(node: Node) -> None:
+    """The status is the agent's own: its version, the fake driver, 80GB boards, simnode's MIG."""
+    status = node.gpunode()["status"]
+    assert status["agent"]["version"] == __version__
+    assert status["agent"]["driverVersion"] == Topology(gpus=[]).driver
+    assert status["gpus"] == 8
+    assert {d["model"] for d in status["devices"]} == {"NVIDIA A100-SXM4-80GB"}
+    layouts = [[m["profile"] for m in d.get("migInstances", [])] for d in status["devices"][:2]]
+    assert layouts == [list(simnode.MIG_LAYOUT)] * 2
+
+
+def walk_through(workdir: Path, node: Node) -> None:
+    """The README's walk-through: a grant opens kim's GPU; its end closes it and ends the holder."""
+    uid = ensure_user(KIM_LOGIN)
+    kubectl(node.admin, "apply", "-f", "-", stdin=ACCOUNT)
+    minted = re.search(r"export KUBECONFIG=(\S+)", run(workdir, "kubeconfig", "--user", KIM).stdout)
+    assert minted
+    kim = minted.group(1)
+    kubectl(kim, "apply", "-f", "-", stdin=GRANT)
+
+    def grant() -> dict[str, Any]:
+        return json.loads(kubectl(kim, "get", "gpugrant", "paper", "-n", "u-kim", "-o", "json"))
+
+    wait_until(lambda: grant().get("status", {}).get("state") == "Active", 60, "an Active grant")
+    gpu = grant()["status"]["allocations"][0]["devices"][0]["uuid"]
+    minor = next(
+        d["device"]["minor"] for d in node.gpunode()["status"]["devices"] if d["uuid"] == gpu
+    )
+    started = node.docker(
+        "run", "-d", "--init", "--name", "kim-job", "--network", "none", "--user", str(uid),
+        "--device", f"{node.dev}/nvidia{minor}:/dev/gpu0", IMAGE,
+        "sh", "-c", "exec 3<>/dev/gpu0 && sleep 3600",
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    wait_until(lambda: node.applied(KIM), 60, "the agent to apply kim's reservation")
+    assert "OPEN" in node.opens("kim-job") and node.running("kim-job") == "true"
+
+    kubectl(kim, "delete", "gpugrant", "paper", "-n", "u-kim")
+    wait_until(lambda: "Operation not permitted" in node.opens("kim-job"), 30, "opens refused")
+    assert node.running("kim-job") == "true"  # the holder keeps its descriptor during the grace
+    wait_until(lambda: node.running("kim-job") == "false", 120, "the agent to stop the holder")
+    audit = (workdir / "node" / "audit.jsonl").read_text()
+    assert '"access.revoke_warning"' in audit and '"access.revoke"' in audit
+
+
+def test_up_runs_a_real_agent_whose_gpu_opens_and_closes(tmp_path: Path) -> None:
+    if UNMET:
+        pytest.skip(f"no agent on this host: needs {'; '.join(UNMET)}")
+    up = run(tmp_path, "up", "--detach")
+    pids = recorded_pids(tmp_path) if (tmp_path / "pids.json").exists() else []
+    try:
+        assert up.returncode == 0, up.stderr
+        assert recorded_names(tmp_path) == PROCESSES
+        node = Node(up.stdout)
+        check_the_agents_report(node)
+        walk_through(tmp_path, node)
+    finally:
+        down = run(tmp_path, "down")
+    assert down.returncode == 0 and f"stopped {len(PROCESSES)}" in down.stdout, down.stdout
+    assert all(gone(pid) for pid in pids)
+    # dockerd stopped cleanly: its containerd and container shims went with it.
+    assert leftovers(str(tmp_path), str(agentnode.run_dir(tmp_path))) == []

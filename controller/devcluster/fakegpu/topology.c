@@ -1,11 +1,11 @@
 /*
- * A fake libnvidia-ml.so.1 for ds01-controller's tests: the topology file.
+ * A fake libnvidia-ml.so.1 (agent tests, `ds01 dev up`): the topology file.
  *
  * The file's path is read from $DS01_FAKE_NVML_TOPOLOGY at every NVML call and
  * the file is parsed again whenever its (device, inode, size, mtime) changes,
  * so a test can rewrite it at run time and the next call sees the new state.
  * Writers must replace the file atomically and make its mtime strictly
- * increase (tests/agent/fakenvml/topology.py does both): mtime from the
+ * increase (controller/devcluster/fakegpu/topology.py does both): mtime from the
  * kernel's coarse clock could otherwise repeat between two quick writes, and
  * re-reading the whole file at every call would dominate the agent benchmark.
  *

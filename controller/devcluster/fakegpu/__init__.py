@@ -1,8 +1,10 @@
-"""A fake NVML library (C) and the helpers that build and drive it.
+"""A simulated GPU node: a fake NVML library (C), its topology file and a device tree.
 
 Only the GPU is simulated (DESIGN.md section 7): the agent loads this library
 through the same `pynvml` binding it uses in production, so every ctypes
-signature, struct layout and versioned symbol name is exercised for real.
+signature, struct layout and versioned symbol name is exercised for real. It
+ships in the package (the C sources are package data) because `ds01 dev up`
+runs a real agent on such a node, and the agent tests drive the same code.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.agent.fakenvml.topology import (
+from controller.devcluster.fakegpu.topology import (
+    A100_SXM4_40GB,
+    A100_SXM4_80GB,
     TOPOLOGY_ENV,
+    GpuModel,
     GpuSpec,
     LinkSpec,
     MigSpec,
@@ -22,12 +27,16 @@ from tests.agent.fakenvml.topology import (
     Topology,
     XidSpec,
     a100_node,
+    packed,
 )
 
 __all__ = [
+    "A100_SXM4_40GB",
+    "A100_SXM4_80GB",
     "LIBRARY_NAME",
     "SOURCES",
     "TOPOLOGY_ENV",
+    "GpuModel",
     "GpuSpec",
     "LinkSpec",
     "MigSpec",
@@ -36,6 +45,7 @@ __all__ = [
     "XidSpec",
     "a100_node",
     "build",
+    "packed",
 ]
 
 LIBRARY_NAME = "libnvidia-ml.so.1"

@@ -6,7 +6,7 @@ calls `write()` again; the fake library notices the new file at its next call.
 
 MIG layouts are checked against the real profile tables of the A100 (profile
 ids, slices, memory, allowed placements from NVIDIA's MIG user guide), so a
-test cannot describe a layout a real GPU would refuse.
+test (or `ds01 dev up`) cannot describe a layout a real GPU would refuse.
 """
 
 from __future__ import annotations
@@ -53,6 +53,19 @@ A100_80GB = {
     "7g.80gb": MigProfile(0, 7, 80896, 8, (0,)),
 }
 PROFILES = {"NVIDIA A100-SXM4-40GB": A100_40GB, "NVIDIA A100-SXM4-80GB": A100_80GB}
+
+
+@dataclass(frozen=True)
+class GpuModel:
+    """What NVML says about a board: its name, memory and PCI device id."""
+
+    name: str
+    memory_mib: int
+    pci_device_id: int
+
+
+A100_SXM4_40GB = GpuModel("NVIDIA A100-SXM4-40GB", 40960, 0x20B010DE)
+A100_SXM4_80GB = GpuModel("NVIDIA A100-SXM4-80GB", 81920, 0x20B210DE)
 
 DGX_A100_BUS_IDS = tuple(
     f"00000000:{bus:02X}:00.0" for bus in (0x07, 0x0F, 0x47, 0x4E, 0x87, 0x90, 0xB7, 0xBD)
@@ -215,8 +228,9 @@ def _mig_lines(gpu: GpuSpec) -> list[str]:
         name = f"{gpu.name} MIG {mig.profile}"
         if mig.ci_slices is not None and mig.ci_slices != profile.slices:
             name = f"{gpu.name} MIG {mig.ci_slices}c.{mig.profile}"
+        mig_id = mig.uuid or mig_uuid(gpu.index, mig.gi, mig.ci)
         lines.append(
-            f"mig gpu={gpu.index} index={index} uuid={mig.uuid or mig_uuid(gpu.index, mig.gi, mig.ci)}"
+            f"mig gpu={gpu.index} index={index} uuid={mig_id}"
             f" gi={mig.gi} ci={mig.ci} profile={profile.gi_profile_id} gislices={profile.slices}"
             f" cislices={mig.ci_slices or profile.slices} start={mig.placement_start}"
             f" size={profile.placement_size} memory={profile.memory_mib} used={mig.used_mib}"
@@ -232,22 +246,54 @@ DEFAULT_MIG: Mapping[int, Sequence[tuple[str, int]]] = {
 """GPU index -> (profile, placement start): GPUs 0 and 1 of `a100_node` in MIG mode."""
 
 
+def packed(model: GpuModel, profiles: Sequence[str]) -> tuple[tuple[str, int], ...]:
+    """Place ``profiles`` in order, each at its first allowed start still free.
+
+    For layouts given as a list of profiles (as `controller.devcluster.simnode`
+    describes its node): the (profile, start) pairs `a100_node` takes.
+    """
+    table = PROFILES[model.name]
+    used: set[int] = set()
+    placed = []
+    for name in profiles:
+        profile = table[name]
+        for start in profile.starts:
+            taken = set(range(start, start + profile.placement_size))
+            if not taken & used:
+                used |= taken
+                placed.append((name, start))
+                break
+        else:
+            raise ValueError(f"{model.name}: no room left for {name} in {list(profiles)}")
+    return tuple(placed)
+
+
 def a100_node(
     *,
     count: int = 8,
     minors: Sequence[int] | None = None,
     mig: Mapping[int, Sequence[tuple[str, int]]] = DEFAULT_MIG,
     nvlink: str | Iterable[tuple[int, int]] = "switch",
+    model: GpuModel = A100_SXM4_40GB,
 ) -> Topology:
-    """A DGX-A100-like node: `count` A100-SXM4-40GB, some in MIG mode.
+    """A DGX-A100-like node: `count` A100-SXM4 boards (40GB unless `model` says), some in MIG mode.
 
     `minors` maps indexes to device minors (default: the index, as on real
-    hosts). `nvlink` is "switch" (every GPU's 12 links go to NVSwitches, as on
-    a DGX A100), "none", or GPU index pairs joined by direct links.
+    hosts). `mig` uses the model's profile names (`DEFAULT_MIG` is for the
+    40GB board). `nvlink` is "switch" (every GPU's 12 links go to NVSwitches,
+    as on a DGX A100), "none", or GPU index pairs joined by direct links.
     """
     minors = list(range(count)) if minors is None else list(minors)
     gpus = [
-        GpuSpec(index=i, uuid=gpu_uuid(i), minor=minors[i], bus_id=DGX_A100_BUS_IDS[i % 8])
+        GpuSpec(
+            index=i,
+            uuid=gpu_uuid(i),
+            minor=minors[i],
+            bus_id=DGX_A100_BUS_IDS[i % 8],
+            name=model.name,
+            memory_mib=model.memory_mib,
+            pci_device_id=model.pci_device_id,
+        )
         for i in range(count)
     ]
     for index, layout in mig.items():

@@ -6,8 +6,9 @@ machines"):
 - NVIDIA numbers (default): `/dev/nvidiaN` is `c 195:N`. With no driver behind
   it, opening gives ENXIO when allowed and EPERM when a device cgroup denies
   it: the pair of answers tests use to prove allowed vs denied.
-- misc: GPUs are mapped onto openable misc devices (major 10), so a test can
-  hold a "GPU" open and check that revocation ends the holder. The fake
+- misc: GPUs are mapped onto openable misc devices (major 10), so a test (or
+  a newcomer on `ds01 dev up`'s simulated node) can hold a "GPU" open and see
+  revocation end the holder. The fake
   `/proc/devices` then registers `nvidia` at major 10, and the topology's
   minors must be among `OPENABLE_MISC_MINORS`.
 
@@ -26,7 +27,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.agent.fakenvml import Topology
+from controller.devcluster.fakegpu.topology import Topology
 
 NVIDIA_MAJOR = 195
 UVM_MAJOR = 511
@@ -35,6 +36,16 @@ MISC_MAJOR = 10
 OPENABLE_MISC_MINORS = (229, 237, 257, 200, 259, 256, 235, 258)
 """fuse, loop-control, userfaultfd, tun, cpu_dma_latency, vga_arbiter, autofs, vsock:
 checked to open through a node made elsewhere on this kernel."""
+
+
+def missing_misc_minors(sys_root: Path = Path("/sys")) -> list[int]:
+    """The minors of `OPENABLE_MISC_MINORS` this kernel has no device for.
+
+    Some are dynamic misc minors (above 255) or optional drivers, so another
+    kernel may lack them; `/sys/dev/char/10:N` exists exactly for those it has.
+    """
+    return [m for m in OPENABLE_MISC_MINORS if not (sys_root / f"dev/char/10:{m}").exists()]
+
 
 _GI_PER_GPU, _MINORS_PER_GI, _CI_PER_GI = 15, 9, 8
 

@@ -1,5 +1,5 @@
 /*
- * A fake libnvidia-ml.so.1 for ds01-controller's tests: the NVML entry points.
+ * A fake libnvidia-ml.so.1 (agent tests, `ds01 dev up`): the NVML entry points.
  *
  * Each one takes the lock, checks nvmlInit was called, re-reads the topology
  * if it changed (topology.c) and answers from it. Handles point into static

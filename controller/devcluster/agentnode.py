@@ -1,0 +1,234 @@
+"""A simulated GPU node with a real node agent, for `ds01 dev up`.
+
+Only the GPU is simulated: the agent is `ds01 agent` itself, loading the fake
+NVML library through pynvml, reading a fake /proc/devices, watching its own
+Docker engine and writing this host's real device cgroups. So a newcomer can
+apply a grant, start a container and see the kernel open the GPU, then close
+it again when the grant ends.
+
+The node is DS01's kind of server, as `simnode` describes it: 8 x
+A100-SXM4-80GB on NVSwitch, GPUs 0 and 1 in MIG mode. Its "GPUs" are
+openable misc devices (fuse, loop-control, tun, ...; see `fakegpu.devtree`),
+because a device cgroup can only be shown to refuse an open that would
+otherwise succeed. Everything lives under ``<workdir>/node`` except the
+engine's sockets (`Dockerd.run_dir`), and every process is spawned through
+the cluster, so `ds01 dev down` stops it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from controller import __version__
+from controller.devcluster import binaries, dockerd, simnode
+from controller.devcluster.controlplane import LocalCluster
+from controller.devcluster.fakegpu import (
+    A100_SXM4_80GB,
+    TOPOLOGY_ENV,
+    Topology,
+    a100_node,
+    build,
+    packed,
+)
+from controller.devcluster.fakegpu.devtree import (
+    OPENABLE_MISC_MINORS,
+    make_devtree,
+    missing_misc_minors,
+)
+from controller.devcluster.process import wait_until
+from controller.policy.nodes import ENFORCEMENT_LABEL
+
+AGENT_NAMESPACE = "ds01-system"
+AGENT_ACCOUNT = "ds01-agent"
+
+
+def unmet_requirements(cgroup_root: Path = Path("/sys/fs/cgroup")) -> list[str]:
+    """What this host lacks to run the agent's node; empty when it can.
+
+    Root makes device nodes, cgroups and a dockerd; kernel enforcement is
+    written for the cgroup v1 devices controller (v2 is issue 6); gcc builds
+    the fake NVML; the engine needs docker.io and busybox-static.
+    """
+    unmet = []
+    if os.geteuid() != 0:
+        unmet.append("root")
+    if not (cgroup_root / "devices" / "devices.allow").exists():
+        unmet.append("cgroup v1 device control")
+    tools = dockerd.missing_tools()
+    if shutil.which("gcc") is None:
+        tools.append("gcc")
+    if tools:
+        unmet.append(", ".join(tools))
+    if absent := missing_misc_minors():
+        unmet.append("misc devices " + ", ".join(f"10:{m}" for m in absent))
+    return unmet
+
+
+def topology() -> Topology:
+    """`simnode`'s node for the fake NVML: same boards and MIG layout, openable minors."""
+    layout = packed(A100_SXM4_80GB, simnode.MIG_LAYOUT)
+    return a100_node(model=A100_SXM4_80GB, minors=OPENABLE_MISC_MINORS, mig={0: layout, 1: layout})
+
+
+def run_dir(workdir: Path) -> Path:
+    """A short directory for the engine's sockets, one per state directory (see `Dockerd`)."""
+    digest = hashlib.sha256(str(workdir.resolve()).encode()).hexdigest()[:10]
+    base = Path("/run") if Path("/run").is_dir() else Path(tempfile.gettempdir())
+    return base / f"ds01-dev-{digest}"
+
+
+def agent_kubeconfig(cluster: LocalCluster, node: str, duration: str = "168h") -> Path:
+    """A kubeconfig for the ds01-agent ServiceAccount with a token bound to a pod on ``node``.
+
+    Why a pod: the admission policy `ds01-agent-own-node` lets an agent write
+    only the GPUNode of the node its token names, and only a pod-bound token
+    names one (a plain `kubectl create token` is refused, as it should be).
+    There is no kubelet here, so the pod stands in for the DaemonSet's pod on
+    that node: bound by `spec.nodeName`, never run. The agent then works under
+    exactly the RBAC and admission it gets in production.
+    """
+    pod = f"{AGENT_ACCOUNT}-{node}"
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod,
+            "namespace": AGENT_NAMESPACE,
+            "labels": {"app.kubernetes.io/component": "agent", "gpu.ds01.io/simulated": "true"},
+        },
+        "spec": {
+            "nodeName": node,
+            "serviceAccountName": AGENT_ACCOUNT,
+            "containers": [{"name": "agent", "image": "ds01-controller:dev"}],
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
+    token = cluster.kubectl(
+        "create",
+        "token",
+        AGENT_ACCOUNT,
+        "-n",
+        AGENT_NAMESPACE,
+        "--bound-object-kind=Pod",
+        f"--bound-object-name={pod}",
+        f"--duration={duration}",
+    ).stdout.strip()
+    return cluster.token_kubeconfig(f"{AGENT_NAMESPACE}.{AGENT_ACCOUNT}.{node}", token)
+
+
+def gateway_key(path: Path) -> Path:
+    """A root-only key for the Docker gateway's owner labels, made once per state directory.
+
+    No gateway runs here yet (issue 7), so no container carries a signed label
+    and the agent gives a container exactly the GPUs its owner (found by the
+    process UID) has reserved by grants. Without a key the agent would take a
+    mapped device node as the container's allocation, as on a plain Docker host
+    where everyone with the engine's socket is root anyway: then a grant's end
+    would close the GPU only after its revocation grace, and a container with
+    no grant at all could open any GPU it maps. The walk-through shows the model
+    the gateway brings.
+    """
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(32))
+    return path
+
+
+@dataclass(frozen=True)
+class AgentNode:
+    """What a person needs to use the node: its engine, device nodes and logs."""
+
+    name: str
+    docker_host: str
+    dev_root: Path
+    audit_log: Path
+    log: Path
+
+    def gpu_path(self, minor: int) -> Path:
+        """The host device node of the GPU with this minor (`status.devices[].device.minor`)."""
+        return self.dev_root / f"nvidia{minor}"
+
+
+def start(cluster: LocalCluster, name: str, deadline_s: float = 120) -> AgentNode:
+    """Create the node's GPUNode (Enforce), start its dockerd and agent, wait for its report."""
+    root = cluster.workdir / "node"
+    root.mkdir(parents=True, exist_ok=True)
+    # Created by the admin, labelled Enforce: the operator then writes an enforcing
+    # spec for this node only, whatever --default-enforcement says.
+    gpunode = simnode.gpunode(name, {ENFORCEMENT_LABEL: "Enforce"})
+    cluster.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(gpunode))
+
+    engine = dockerd.Dockerd(root / "docker", run_dir(cluster.workdir))
+    engine.start(lambda argv: cluster.spawn("dockerd", argv, stop_grace_s=dockerd.STOP_GRACE_S))
+
+    library = build(binaries.cache_root() / "fakenvml")
+    topology_file = root / "topology"
+    topology().write(topology_file)
+    host = root / "host"
+    shutil.rmtree(host, ignore_errors=True)  # device nodes of an earlier `up`
+    tree = make_devtree(host, topology(), misc=True)
+
+    audit = root / "audit.jsonl"
+    key = gateway_key(root / "gateway.key")
+    started = datetime.now(UTC).replace(microsecond=0)
+    process = cluster.spawn(
+        "agent",
+        [
+            sys.executable,
+            "-m",
+            "controller.cli.main",
+            "agent",
+            f"--node={name}",
+            f"--kubeconfig={agent_kubeconfig(cluster, name)}",
+            f"--nvml-library={library}",
+            f"--driver-proc-root={tree.proc_root}",
+            f"--dev-root={tree.dev_root}",
+            f"--docker-socket={engine.socket}",
+            f"--gateway-key={key}",
+            f"--state-dir={root / 'state'}",
+            f"--audit-log={audit}",
+        ],
+        env={**os.environ, TOPOLOGY_ENV: str(topology_file)},
+    )
+
+    def reported() -> bool:
+        if not process.alive():
+            raise RuntimeError(f"the agent on {name} exited:\n{process.log_tail()}")
+        return _reported_since(_status(cluster, name), started)
+
+    wait_until(reported, deadline_s, f"the agent on {name} to report its GPUs", 0.25)
+    return AgentNode(name, engine.host, tree.dev_root, audit, process.log)
+
+
+def _status(cluster: LocalCluster, name: str) -> dict[str, Any]:
+    result = cluster.kubectl("get", "gpunode", name, "-o", "json", check=False)
+    if result.returncode != 0:
+        return {}
+    status: dict[str, Any] = json.loads(result.stdout).get("status") or {}
+    return status
+
+
+def _reported_since(status: dict[str, Any], started: datetime) -> bool:
+    """This agent's report: its version, all 8 GPUs, a heartbeat from after it started.
+
+    The heartbeat matters because etcd's data outlives `ds01 dev down`: the
+    status an earlier run's agent wrote is still there.
+    """
+    agent = status.get("agent") or {}
+    heartbeat = agent.get("heartbeatTime")
+    return (
+        agent.get("version") == __version__
+        and status.get("gpus") == len(OPENABLE_MISC_MINORS)
+        and heartbeat is not None
+        and datetime.fromisoformat(heartbeat) >= started
+    )
