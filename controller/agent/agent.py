@@ -24,7 +24,15 @@ from controller.agent.lifecycle import DockerLifecycle
 from controller.agent.procfs import ProcReader
 from controller.agent.publisher import PolicyView, Publisher
 from controller.agent.report import Health, status
-from controller.agent.scan import ContainerCache, join, parents, read_passwd
+from controller.agent.scan import (
+    ContainerCache,
+    account_groups,
+    accounts,
+    join,
+    parents,
+    read_passwd,
+)
+from controller.agent.state import Namespaces, ViewStore
 from controller.api.node import EnforcementMode, GPUNodeSpec, GPUNodeStatus
 from controller.api.ratelimit import GPURateLimitSpec
 from controller.policy.attribution import Memory, NodeView, PodView, attribute
@@ -81,21 +89,31 @@ class _Views:
     limits: list[NamedLimit] = field(default_factory=list)
     pods: dict[str, tuple[str, str]] = field(default_factory=dict)
     at: datetime | None = None
+    store: ViewStore | None = None
+    """Where accounts and limits are saved, so a restart without the apiserver still knows them."""
+
+    def use(self, namespaces: Namespaces, limits: list[NamedLimit]) -> None:
+        self.by_namespace, self.by_login = accounts(namespaces)
+        self.groups = account_groups(namespaces)
+        self.limits = limits
 
     def update(self, now: datetime) -> None:
         if self.cluster is None or (self.at is not None and now - self.at < self.refresh):
             return
-        from controller.agent.scan import account_groups, accounts
-
         try:
             namespaces = self.cluster.namespaces()
-            self.by_namespace, self.by_login = accounts(namespaces)
-            self.groups = account_groups(namespaces)
-            self.limits = self.cluster.limits()
+            limits = self.cluster.limits()
+            self.use(namespaces, limits)
             self.pods = self.cluster.pods()
             self.at = now
         except Exception as error:  # fail open: keep the last view
             log.warning("cannot refresh accounts and pods; keeping the last view", error=str(error))
+            return
+        if self.store is not None:
+            try:
+                self.store.save(namespaces, limits)
+            except OSError as error:  # best effort: the live view is in force either way
+                log.warning("cannot save accounts and limits", error=str(error))
 
 
 @dataclass
@@ -125,6 +143,7 @@ class Agent:
     inventory: Inventory | None = None
     memory: Memory = field(default_factory=Memory)
     last: GPUNodeStatus | None = None
+    view_store: ViewStore | None = None
     _views: _Views | None = None
     _pod_devices: Mapping[tuple[str, str], frozenset[str]] = field(default_factory=dict)
 
@@ -135,8 +154,7 @@ class Agent:
 
     def views(self, now: datetime) -> Views:
         """Identities and allocations, refreshed on their own clock (fail open)."""
-        if self._views is None:
-            self._views = _Views(self.cluster, self.refresh)
+        self._views = self._views_or_saved()
         self._views.update(now)
         if self.kubelet is not None:
             answered = self.kubelet.devices()
@@ -149,6 +167,31 @@ class Agent:
             pods=self._views.pods,
             pod_devices=self._pod_devices,
         )
+
+    def _views_or_saved(self) -> _Views:
+        if self._views is None:
+            self._views = _Views(self.cluster, self.refresh, store=self.view_store)
+            saved = self.view_store.load() if self.view_store is not None else None
+            if saved is not None:
+                self._views.use(*saved)
+        # Both may be set after build() (tests, dev setups): the views follow them.
+        self._views.cluster = self.cluster
+        self._views.refresh = self.refresh
+        return self._views
+
+    def reread_views(self) -> None:
+        """Read accounts and pods on the next pass instead of waiting for `refresh`.
+
+        A new spec may name a user whose account appeared since the last read;
+        without this their container would count as nobody's until then.
+        """
+        if self._views is not None:
+            self._views.at = None
+
+    def accounts_view(self) -> tuple[dict[str, str], dict[str, tuple[str, ...]], list[NamedLimit]]:
+        """(login -> account, account -> groups, rate limits) as last read (or saved)."""
+        views = self._views_or_saved()
+        return views.by_login, views.groups, views.limits
 
     def enforce(self) -> Outcome | None:
         """Write the spec's device rules and end GPU use that lost its right (Enforce mode)."""

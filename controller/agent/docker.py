@@ -159,14 +159,15 @@ def parse_container(data: dict[str, Any]) -> Container:
         device_ids=tuple(ids),
         device_paths=tuple(d.get("PathOnHost", "") for d in host.get("Devices") or []),
         gpu_request_all=request_all,
-        started_at=_time(started),
+        started_at=parse_time(started),
         env=tuple(config.get("Env") or ()),
         pid=int(state.get("Pid") or 0),
         running=bool(state.get("Running")),
     )
 
 
-def _time(text: str) -> datetime | None:
+def parse_time(text: str) -> datetime | None:
+    """A Docker timestamp (RFC 3339 with nanoseconds) as a datetime; None for Go's zero time."""
     if not text or text.startswith("0001-"):
         return None
     # Docker writes nanoseconds; Python takes microseconds.

@@ -24,6 +24,7 @@ from controller.agent.cgroups import DeviceCgroups
 from controller.agent.deviceplugin.manager import DevicePluginManager
 from controller.agent.docker import DockerClient
 from controller.agent.enforcer import Enforcer, Notify
+from controller.agent.gateway import AgentSource, Gateway, GatewayOptions
 from controller.agent.inventory import Inventory
 from controller.agent.lifecycle import DockerLifecycle
 from controller.agent.nvml import Nvml
@@ -32,7 +33,7 @@ from controller.agent.procfs import ProcReader
 from controller.agent.publisher import Publisher
 from controller.agent.runner import Runner
 from controller.agent.scan import ContainerCache
-from controller.agent.state import PolicyStore, StateError
+from controller.agent.state import PolicyStore, StateError, ViewStore
 from controller.api.base import GROUP, VERSION
 from controller.api.kinds import GPURateLimit
 from controller.policy.effective import NamedLimit
@@ -72,7 +73,19 @@ class AgentOptions:
     stop_grace_s: int = 60
     lifecycle_interval_s: float = 300.0
     """Seconds between idle/runtime checks of GPU containers; 0 turns lifecycle off."""
+    gateway_socket: Path | None = None
+    """Serve the Docker gateway for users here (needs --docker-socket and --gateway-key)."""
+    gateway_admin_group: str | None = None
+    """Linux group whose members (and root) pass through the gateway unchanged."""
+    gateway_bind_roots: tuple[str, ...] = ("{home}",)
+    """Host paths users may bind-mount (`{home}`, `{login}` filled in per user)."""
+    gateway_socket_mode: int = 0o666
+    gateway_socket_group: str | None = None
     log_level: str = "INFO"
+
+
+class ConfigError(ValueError):
+    """Options that do not make a working agent (the start is refused)."""
 
 
 class KubeCluster:
@@ -205,6 +218,8 @@ def build(
         lifecycle_every=timedelta(seconds=options.lifecycle_interval_s),
     )
     agent.inventory = inventory
+    agent.view_store = ViewStore(options.state_dir) if options.state_dir is not None else None
+    agent.accounts_view()  # saved accounts and limits, before any other thread reads them
     store = PolicyStore(options.state_dir) if options.state_dir is not None else None
     if store is not None:
         agent.policy = store.load(options.node)  # a corrupt file stops the start here
@@ -219,7 +234,35 @@ def build(
                 saved=agent.policy is not None,
                 error=str(error)[:300],
             )
+    if options.gateway_socket is not None:
+        gateway = _gateway(options, agent, key, enforcer.notify)
+        gateway.start()
+        closers.append(gateway.stop)
     return agent, closers
+
+
+def _gateway(options: AgentOptions, agent: Agent, key: bytes | None, notify: Notify) -> Gateway:
+    """The Docker gateway, sharing the agent's views, key and voice (Events, audit)."""
+    if options.docker_socket is None or key is None:
+        raise ConfigError(
+            "--gateway-socket needs --docker-socket (the engine's own socket) and "
+            "--gateway-key (the key container labels are signed with)"
+        )
+    assert options.gateway_socket is not None
+    return Gateway(
+        GatewayOptions(
+            socket=options.gateway_socket,
+            engine_socket=options.docker_socket,
+            key=key,
+            admin_group=options.gateway_admin_group,
+            dev_root=options.dev_root,
+            bind_roots=options.gateway_bind_roots,
+            socket_mode=options.gateway_socket_mode,
+            socket_group=options.gateway_socket_group,
+        ),
+        AgentSource(agent),
+        notify,
+    )
 
 
 def _log_only(audit: AuditLog) -> Notify:
@@ -242,7 +285,7 @@ def run(options: AgentOptions) -> int:
         api = client.ApiClient()
     try:
         agent, closers = build(options, api)
-    except StateError as error:
+    except (StateError, ConfigError) as error:
         log.error("refusing to start", error=str(error))
         return 2
     if options.metrics_port is not None:

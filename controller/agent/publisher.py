@@ -187,6 +187,8 @@ class Publisher:
             self.core.create_namespaced_event("default", event)
         except ApiException as error:  # best effort: never block a scan on an Event
             log.warning("event not posted", reason=reason, status=error.status)
+        except Exception as error:  # the apiserver away: the audit record above still holds
+            log.warning("event not posted", reason=reason, error=str(error)[:200])
 
 
 def _camel(snake: str) -> str:

@@ -67,6 +67,7 @@ class Runner:
             if self.store is not None:
                 self.store.save(view, self.agent.node)
             self.agent.policy = view
+            self.agent.reread_views()
         log.info("new policy", generation=view.generation, mode=view.spec.enforcement)
         self.trigger.set()
 

@@ -35,6 +35,11 @@ def _run(args: argparse.Namespace) -> int:
             grace_s=args.grace,
             kill_grace_s=args.kill_grace,
             lifecycle_interval_s=args.lifecycle_interval,
+            gateway_socket=args.gateway_socket,
+            gateway_admin_group=args.gateway_admin_group,
+            gateway_bind_roots=tuple(args.gateway_bind_root or ("{home}",)),
+            gateway_socket_mode=int(args.gateway_socket_mode, 8),
+            gateway_socket_group=args.gateway_socket_group,
             log_level=args.log_level,
         )
     )
@@ -105,5 +110,28 @@ def register(commands: Any) -> None:
         default=300.0,
         help="seconds between idle/runtime checks of GPU containers (0: no lifecycle here)",
     )
+    gateway = parser.add_argument_group(
+        "Docker gateway",
+        "serve a Docker API socket for users in front of the engine's (Docker hosts)",
+    )
+    gateway.add_argument(
+        "--gateway-socket",
+        type=Path,
+        help="the socket users' docker CLI talks to, e.g. /run/docker.sock",
+    )
+    gateway.add_argument(
+        "--gateway-admin-group",
+        help="Linux group whose members (and root) pass through unchanged",
+    )
+    gateway.add_argument(
+        "--gateway-bind-root",
+        action="append",
+        help="host path users may bind-mount ({home} and {login} are filled in); repeatable; "
+        "default {home}",
+    )
+    gateway.add_argument(
+        "--gateway-socket-mode", default="666", help="octal mode of the gateway socket"
+    )
+    gateway.add_argument("--gateway-socket-group", help="group owning the gateway socket")
     parser.add_argument("--log-level", default=os.environ.get("DS01_LOG_LEVEL", "INFO"))
     parser.set_defaults(run=_run)

@@ -11,6 +11,7 @@ import pytest
 from tests.agent.enforcehost import node  # noqa: F401  (fixture)
 from tests.agent.engine import docker_engine  # noqa: F401  (fixture)
 from tests.agent.fakehost import FakeHost, fake_library
+from tests.agent.gatewayhost import gateway  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="session")
