@@ -191,6 +191,10 @@ def test_a_compliant_gpu_pod_is_admitted_with_the_limit_range_defaults(
 
 def test_an_over_quota_gpu_pod_is_refused_with_what_to_do(student: tuple[str, Kube]) -> None:
     namespace, kube = student
+    # Pods an earlier test deleted count until the operator's next pass.
+    wait_document(
+        kube, namespace, lambda d: d["allowance"]["remaining"] == "2", "the whole allowance"
+    )
     create_pod(kube, namespace, pod("two-gpus", {"gpu.ds01.io/gpu": 2}))
     wait_document(
         kube,
