@@ -31,6 +31,7 @@ from controller.policy.lifecycle import (
     in_high_demand,
     judge,
     keep_alive_until,
+    observe,
     rules_for,
 )
 
@@ -204,10 +205,12 @@ class DockerLifecycle:
             if cpu is not None and before.cpu_ns is not None
             else 0.0
         )
-        return Check(
-            at=now,
-            gpu_utilization=tuple(sample.utilization.get(d) for d in sorted(devices & whole)),
-            mig_busy=tuple(d in busy_slices for d in sorted(devices - whole)),
+        return observe(
+            now,
+            devices,
+            sample.utilization,
+            whole,
+            busy_slices,
             cpu_percent=cpu_percent,
             network_bytes=max(0, network - before.network),
         )

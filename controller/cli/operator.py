@@ -41,6 +41,8 @@ def _run(args: argparse.Namespace) -> int:
             budget_bucket=args.budget_bucket,
             workload_starts_window=args.workload_starts_window,
             alert_cooldown=args.alert_cooldown,
+            lifecycle_interval=args.lifecycle_interval,
+            report_max_age=args.report_max_age,
         )
     )
 
@@ -100,5 +102,18 @@ def register(commands: Any) -> None:
         type=_duration,
         default="4h",
         help="least time between two quota alerts of one measure and level",
+    )
+    parser.add_argument(
+        "--lifecycle-interval",
+        type=_duration,
+        default="5m",
+        help="between idle/max-runtime checks of GPU pods (0s: the operator reaps no pods); "
+        "idle is confirmed over the policy's idle.consecutiveChecks checks",
+    )
+    parser.add_argument(
+        "--report-max-age",
+        type=_positive_duration,
+        default="5m",
+        help="GPU pods on a node whose agent has not reported for this long are not judged",
     )
     parser.set_defaults(run=_run)

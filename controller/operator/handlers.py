@@ -21,6 +21,7 @@ from kubernetes import client, config
 from controller.api.accountpolicy import MANAGED_BY, MANAGED_BY_LABEL
 from controller.api.base import GROUP, VERSION
 from controller.api.kinds import GPUExemption, GPUGrant, GPUNode, GPURateLimit
+from controller.operator.lifecycle import PodLifecycle
 from controller.operator.reconciler import Reconciler
 from controller.policy.accounts import Stored, StoredKind
 from controller.policy.plan import Namespace
@@ -62,10 +63,31 @@ def connection_info(kubeconfig: Path) -> kopf.ConnectionInfo:
     )
 
 
+def _configure(settings: kopf.OperatorSettings) -> None:
+    """kopf's settings: our annotation prefix, quiet Events, bounded watches."""
+    settings.persistence.finalizer = f"{GROUP}/kopf"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.networking.error_backoffs = [1, 2, 5, 10, 20]
+    # No worker limit: kopf holds each object's worker until every index is
+    # populated, so a limit below the number of objects deadlocks the start-up.
+    settings.batching.worker_limit = None
+    settings.execution.max_workers = 4
+
+
 def register(
-    registry: kopf.OperatorRegistry, reconciler: Reconciler, kubeconfig: Path | None = None
+    registry: kopf.OperatorRegistry,
+    reconciler: Reconciler,
+    kubeconfig: Path | None = None,
+    lifecycle: PodLifecycle | None = None,
 ) -> None:
     """Register the handlers of one operator instance on ``registry``.
+
+    With ``lifecycle``, its checks of GPU pods run beside the reconciler.
 
     With ``kubeconfig``, kopf authenticates from that file only (not from
     whatever $KUBECONFIG the process inherited); without, in-cluster or default.
@@ -73,25 +95,17 @@ def register(
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-        settings.persistence.finalizer = f"{GROUP}/kopf"
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
-        settings.posting.level = logging.WARNING
-        settings.watching.server_timeout = 300
-        settings.watching.client_timeout = 330
-        settings.watching.connect_timeout = 10
-        settings.networking.error_backoffs = [1, 2, 5, 10, 20]
-        # No worker limit: kopf holds each object's worker until every index is
-        # populated, so a limit below the number of objects deadlocks the start-up.
-        settings.batching.worker_limit = None
-        settings.execution.max_workers = 4
+        _configure(settings)
         memo["task"] = asyncio.create_task(reconciler.run(), name="ds01-reconciler")
+        if lifecycle is not None:
+            memo["lifecycle"] = asyncio.create_task(lifecycle.run(), name="ds01-lifecycle")
 
     @kopf.on.cleanup(registry=registry)
     async def stop(memo: kopf.Memo, **_: Any) -> None:
-        task = memo.get("task")
-        if task is not None:
-            task.cancel()
+        for name in ("task", "lifecycle"):
+            task = memo.get(name)
+            if task is not None:
+                task.cancel()
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

@@ -14,6 +14,7 @@ from prometheus_client import start_http_server
 
 from controller.api.node import EnforcementMode
 from controller.operator.handlers import register
+from controller.operator.lifecycle import PodLifecycle
 from controller.operator.reconciler import Reconciler
 from controller.operator.writer import Writer
 from controller.policy.accounts import AccountSettings
@@ -41,6 +42,10 @@ class OperatorOptions:
     budget_bucket: timedelta = timedelta(hours=1)
     workload_starts_window: timedelta = timedelta(hours=1)
     alert_cooldown: timedelta = timedelta(hours=4)
+    lifecycle_interval: timedelta = timedelta(minutes=5)
+    """Between idle/runtime checks of GPU pods; zero turns the pod lifecycle off."""
+    report_max_age: timedelta = timedelta(minutes=5)
+    """A node whose agent has not reported for this long is not judged (its data is stale)."""
 
 
 def api_client(kubeconfig: Path | None) -> client.ApiClient:
@@ -70,9 +75,20 @@ def run(options: OperatorOptions) -> int:
         ),
     )
     audit = AuditLog(options.audit_log, source="ds01-operator")
-    reconciler = Reconciler(Writer(api_client(options.kubeconfig), audit), settings)
+    api = api_client(options.kubeconfig)
+    writer = Writer(api, audit)
+    reconciler = Reconciler(writer, settings)
+    lifecycle = None
+    if options.lifecycle_interval:
+        lifecycle = PodLifecycle(
+            api,
+            writer,
+            reconciler,
+            options.lifecycle_interval,
+            report_max_age=options.report_max_age,
+        )
     registry = kopf.OperatorRegistry()
-    register(registry, reconciler, options.kubeconfig)
+    register(registry, reconciler, options.kubeconfig, lifecycle)
     if options.metrics_port is not None:
         start_http_server(options.metrics_port)
     log.info(

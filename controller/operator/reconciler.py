@@ -83,6 +83,10 @@ class Reconciler:
         if self._ready.is_set():
             self._dirty.set()
 
+    async def ready(self) -> None:
+        """Return once kopf's caches are complete (see `poke`)."""
+        await self._ready.wait()
+
     def snapshot(self) -> Snapshot:
         return Snapshot(
             namespaces=[

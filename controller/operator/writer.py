@@ -45,6 +45,10 @@ class Writer:
         self.audit = audit
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ds01-write")
 
+    async def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+        """One API write in a worker thread, counted in metrics; False when it failed."""
+        return await self._call(what, fn, *args, **kwargs)
+
     async def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
         loop = asyncio.get_running_loop()
         try:
@@ -118,7 +122,7 @@ class Writer:
             and plan.grant_status[key].state == "Revoked"
         ]
         await asyncio.gather(*releases)
-        await self._announce(plan.events, plan.audit, failed)
+        await self.announce(plan.events, plan.audit, failed)
         return failed
 
     def _status_job(
@@ -205,9 +209,10 @@ class Writer:
             body,
         )
 
-    async def _announce(
+    async def announce(
         self, events: Iterable[EventRecord], audit: Iterable[AuditRecord], failed: set[str]
     ) -> None:
+        """Post Events and record audit lines, except those about writes in ``failed``."""
         posts = []
         for event in events:
             key = _event_key(event)

@@ -23,6 +23,7 @@ DS01's rules, kept:
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
@@ -105,6 +106,32 @@ class Check:
             and self.cpu_percent < rules.cpu_below_percent
             and self.network_bytes < rules.network_below_bytes
         )
+
+
+def observe(
+    at: datetime,
+    devices: Collection[str],
+    utilization: Mapping[str, int | None],
+    whole: Collection[str],
+    busy_slices: Collection[str],
+    *,
+    cpu_percent: float = 0.0,
+    network_bytes: int = 0,
+) -> Check:
+    """A check from a workload's devices, as both the agent and the operator see them.
+
+    ``whole`` are the UUIDs of full GPUs (not in MIG mode): for those NVML gives
+    a utilisation; every other device is a MIG slice, busy while it has compute
+    processes (``busy_slices``), because NVML reports no utilisation for slices.
+    """
+    ordered = sorted(devices)
+    return Check(
+        at=at,
+        gpu_utilization=tuple(utilization.get(d) for d in ordered if d in whole),
+        mig_busy=tuple(d in busy_slices for d in ordered if d not in whole),
+        cpu_percent=cpu_percent,
+        network_bytes=network_bytes,
+    )
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,17 @@ GPU_PREFIX = "gpu.ds01.io/"
 
 
 @dataclass(frozen=True)
+class OwnerRef:
+    """A controller ownerReference: enough to find and stop the workload that made a pod."""
+
+    api_version: str
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True)
 class Pod:
-    """The parts of a pod that quotas, rates and alerts read."""
+    """The parts of a pod that quotas, rates, alerts and the pod lifecycle read."""
 
     namespace: str
     name: str
@@ -35,6 +44,12 @@ class Pod:
     """Effective pod requests by resource name (GPU resources included)."""
     limits: Mapping[str, Fraction] = field(default_factory=dict)
     """Effective pod limits by resource name."""
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    """Only the `gpu.ds01.io/` ones: the lifecycle's state and the user's keep-alive."""
+    owner: OwnerRef | None = None
+    """The controller that made the pod (a Job, a ReplicaSet...), or None for a bare pod."""
+    deleting: bool = False
+    """Has a deletionTimestamp: on its way out, nothing more to decide about it."""
 
     def gpu_requests(self) -> dict[str, int]:
         """Devices asked for, by gpu.ds01.io resource name."""
@@ -108,6 +123,9 @@ def parse_pod(body: Mapping[str, Any]) -> Pod:
     containers = spec.get("containers") or []
     init = spec.get("initContainers") or []
     overhead = spec.get("overhead")
+    controller = next(
+        (r for r in metadata.get("ownerReferences") or () if r.get("controller")), None
+    )
     return Pod(
         namespace=str(metadata.get("namespace") or ""),
         name=str(metadata.get("name") or ""),
@@ -116,4 +134,19 @@ def parse_pod(body: Mapping[str, Any]) -> Pod:
         terminal=phase in ("Succeeded", "Failed"),
         requests=effective(containers, init, overhead, "requests"),
         limits=effective(containers, init, overhead, "limits"),
+        annotations={
+            k: str(v)
+            for k, v in (metadata.get("annotations") or {}).items()
+            if k.startswith(GPU_PREFIX)
+        },
+        owner=(
+            OwnerRef(
+                str(controller.get("apiVersion") or ""),
+                str(controller.get("kind") or ""),
+                str(controller.get("name") or ""),
+            )
+            if controller
+            else None
+        ),
+        deleting=metadata.get("deletionTimestamp") is not None,
     )

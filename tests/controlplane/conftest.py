@@ -67,6 +67,7 @@ class OperatorEnv:
     BUDGET_BUCKET_S = 1
     STARTS_WINDOW_S = 15
     ALERT_COOLDOWN_S = 5
+    LIFECYCLE_INTERVAL_S = 1
 
     def start(self) -> None:
         self.process = start_operator(
@@ -77,6 +78,7 @@ class OperatorEnv:
             f"--budget-bucket={self.BUDGET_BUCKET_S}s",
             f"--workload-starts-window={self.STARTS_WINDOW_S}s",
             f"--alert-cooldown={self.ALERT_COOLDOWN_S}s",
+            f"--lifecycle-interval={self.LIFECYCLE_INTERVAL_S}s",
         )
 
     def pause(self) -> None:
