@@ -39,3 +39,4 @@ bench: build
 	$(VENV)/python -m benchmarks.agent_scan
 	$(VENV)/python -m benchmarks.device_plugin
 	$(VENV)/python -m benchmarks.revocation
+	$(VENV)/python -m benchmarks.gateway

@@ -11,6 +11,7 @@ gateway sees their UIDs through SO_PEERCRED exactly as in production.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.client
 import json
@@ -21,13 +22,14 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes.client import ApiClient
 
 from controller.agent.agent import Agent
 from controller.agent.gateway import Gateway
@@ -94,6 +96,45 @@ def user_python() -> str:
     raise RuntimeError("no Python >= 3.9 that unprivileged users can run (install python3)")
 
 
+Socket = socket.socket
+"""(GatewayHost has a field named `socket`.)"""
+
+
+def connect_as(login: str, path: Path, count: int = 1) -> list[Socket]:
+    """Sockets connected to ``path`` by a process running as ``login`` (their SO_PEERCRED)."""
+    entry = pwd.getpwnam(login)
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    helper = subprocess.Popen(
+        [
+            "setpriv",
+            f"--reuid={entry.pw_uid}",
+            f"--regid={entry.pw_gid}",
+            "--init-groups",
+            user_python(),
+            "-c",
+            _CONNECT,
+            str(path),
+            str(count),
+            str(child.fileno()),
+        ],
+        pass_fds=(child.fileno(),),
+        stderr=subprocess.PIPE,
+    )
+    child.close()
+    sockets: list[Socket] = []
+    try:
+        while len(sockets) < count:
+            _, fds, _, _ = socket.recv_fds(parent, 16, 200)
+            if not fds:
+                break
+            sockets += [socket.socket(fileno=fd) for fd in fds]
+    finally:
+        parent.close()
+        _, err = helper.communicate(timeout=60)
+    assert len(sockets) == count, err.decode()
+    return sockets
+
+
 @dataclass
 class Reply:
     status: int
@@ -137,6 +178,9 @@ class GatewayHost:
     before: set[str]
     gateway: Gateway
     homes: dict[str, Path] = field(default_factory=dict)
+    options: AgentOptions | None = None
+    kube: ApiClient | None = None
+    closers: list[Callable[[], None]] = field(default_factory=list)
 
     # -- who ------------------------------------------------------------------
 
@@ -144,28 +188,44 @@ class GatewayHost:
         """The user's home directory (created, theirs), also their default bind root."""
         return self.homes[login]
 
-    def docker(
-        self, login: str, *args: str, stdin: bytes | None = None, timeout: float = 300
-    ) -> subprocess.CompletedProcess[bytes]:
-        """The docker CLI as ``login`` against the gateway."""
-        entry = pwd.getpwnam(login)
-        env = {
+    def environ(self, login: str) -> dict[str, str]:
+        """The environment the docker CLI gets as ``login``: the gateway is its DOCKER_HOST."""
+        return {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(self.homes[login]),
             "DOCKER_CONFIG": str(self.homes[login] / ".docker"),
             "DOCKER_HOST": f"unix://{self.socket}",
             "DOCKER_BUILDKIT": "0",
         }
-        argv = [
+
+    def as_user(self, login: str, *argv: str) -> list[str]:
+        """``argv`` run as ``login`` (their UID, GID and groups)."""
+        entry = pwd.getpwnam(login)
+        return [
             "setpriv",
             f"--reuid={entry.pw_uid}",
             f"--regid={entry.pw_gid}",
             "--init-groups",
-            "docker",
-            *args,
+            *argv,
         ]
+
+    def docker(
+        self, login: str, *args: str, stdin: bytes | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[bytes]:
+        """The docker CLI as ``login`` against the gateway."""
         return subprocess.run(
-            argv, input=stdin, capture_output=True, env=env, timeout=timeout, check=False
+            self.as_user(login, "docker", *args),
+            input=stdin,
+            capture_output=True,
+            env=self.environ(login),
+            timeout=timeout,
+            check=False,
+        )
+
+    def popen(self, login: str, *args: str, **options: Any) -> subprocess.Popen[bytes]:
+        """The docker CLI as ``login``, running on (streams: `logs -f`, `events`)."""
+        return subprocess.Popen(
+            self.as_user(login, "docker", *args), env=self.environ(login), **options
         )
 
     def ok(self, login: str, *args: str) -> str:
@@ -180,39 +240,9 @@ class GatewayHost:
         assert result.returncode != 0, (args, result.stdout.decode())
         return result.stderr.decode()
 
-    def connect(self, login: str, count: int = 1) -> list[socket.socket]:
+    def connect(self, login: str, count: int = 1) -> list[Socket]:
         """Sockets connected to the gateway by a process running as ``login``."""
-        entry = pwd.getpwnam(login)
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        helper = subprocess.Popen(
-            [
-                "setpriv",
-                f"--reuid={entry.pw_uid}",
-                f"--regid={entry.pw_gid}",
-                "--init-groups",
-                user_python(),
-                "-c",
-                _CONNECT,
-                str(self.socket),
-                str(count),
-                str(child.fileno()),
-            ],
-            pass_fds=(child.fileno(),),
-            stderr=subprocess.PIPE,
-        )
-        child.close()
-        sockets: list[socket.socket] = []
-        try:
-            while len(sockets) < count:
-                _, fds, _, _ = socket.recv_fds(parent, 16, 200)
-                if not fds:
-                    break
-                sockets += [socket.socket(fileno=fd) for fd in fds]
-        finally:
-            parent.close()
-            _, err = helper.communicate(timeout=60)
-        assert len(sockets) == count, err.decode()
-        return sockets
+        return connect_as(login, self.socket, count)
 
     def api(self, login: str, method: str, path: str, body: object = None) -> Reply:
         """One raw API request as ``login``."""
@@ -260,24 +290,60 @@ class GatewayHost:
         return set(self.engine.docker("ps", "-aq", "--no-trunc").split())
 
 
-@pytest.fixture
-def gateway(
-    fake_host: FakeHost, docker_engine: DockerEngine, tmp_path: Path
+def _gateway_of(closers: list[Callable[[], None]]) -> Gateway:
+    """The gateway `build` started (its `stop` is one of the closers)."""
+    for close in closers:
+        owner = getattr(close, "__self__", None)
+        if isinstance(owner, Gateway):
+            return owner
+    raise AssertionError("the agent was built without its gateway")
+
+
+def restart(host: GatewayHost, api: ApiClient | None = None) -> None:
+    """Stop the agent and its gateway, and build them again from the same options and state.
+
+    What a supervisor restart does: nothing survives but the state directory
+    (saved accounts, limits and spec) and the containers' signed labels.
+    """
+    assert host.options is not None
+    for close in reversed(host.closers):
+        close()
+    host.kube = api
+    host.agent, host.closers = build(host.options, api)
+    host.gateway = _gateway_of(host.closers)
+    if api is None:
+        host.agent.cluster = host.cluster
+    host.agent.refresh = timedelta(0)
+
+
+@contextlib.contextmanager
+def serve(
+    fake_host: FakeHost,
+    engine: DockerEngine,
+    tmp_path: Path,
+    api: ApiClient | None = None,
+    node: str = "gateway-node",
+    logins: tuple[str, ...] = (AMY, BEN, CAT, ROOT),
 ) -> Iterator[GatewayHost]:
+    """An agent serving the gateway for ``logins`` on a fake A100 node in front of ``engine``.
+
+    With ``api`` the agent talks to that apiserver (accounts, limits, its
+    GPUNode, Events); without, accounts and limits come from a `StaticCluster`.
+    """
     fake_host.topology = a100_node(minors=OPENABLE_MISC_MINORS)
     fake_host.write()
     tree = fake_host.make_tree(misc=True)
     key = tmp_path / "gateway.key"
     key.write_bytes(KEY)
     key.chmod(0o600)
-    for login in (AMY, BEN, CAT, ROOT):
+    for login in logins:
         ensure_user(login)
     ensure_group(ADMIN_GROUP, [ROOT])
     # A short, world-reachable directory: unix socket paths are limited to 108 bytes.
     run_dir = Path(tempfile.mkdtemp(prefix="ds01-gw-", dir="/tmp"))
     run_dir.chmod(0o755)
     homes = {}
-    for login in (AMY, BEN, CAT, ROOT):
+    for login in logins:
         entry = pwd.getpwnam(login)
         home = run_dir / "home" / login
         (home / ".docker").mkdir(parents=True)
@@ -286,11 +352,11 @@ def gateway(
         homes[login] = home
     (run_dir / "home").chmod(0o755)
     options = AgentOptions(
-        node="gateway-node",
+        node=node,
         nvml_library=fake_host.library,
         driver_proc_root=tree.proc_root,
         dev_root=tree.dev_root,
-        docker_socket=str(docker_engine.socket),
+        docker_socket=str(engine.socket),
         gateway_key=key,
         audit_log=tmp_path / "audit.jsonl",
         state_dir=tmp_path / "state",
@@ -299,44 +365,65 @@ def gateway(
         gateway_admin_group=ADMIN_GROUP,
         gateway_bind_roots=(str(run_dir / "home" / "{login}"),),
     )
-    before = set(docker_engine.docker("ps", "-aq", "--no-trunc").split())
-    agent, closers = build(options, None)
-    cluster = StaticCluster(logins=dict(ACCOUNTS))
-    agent.cluster = cluster
-    agent.refresh = timedelta(0)
+    before = set(engine.docker("ps", "-aq", "--no-trunc").split())
+    agent, closers = build(options, api)
     host = GatewayHost(
         agent=agent,
-        engine=docker_engine,
+        engine=engine,
         socket=run_dir / "docker.sock",
         run_dir=run_dir,
         audit=tmp_path / "audit.jsonl",
-        cluster=cluster,
+        cluster=StaticCluster(logins={k: v for k, v in ACCOUNTS.items() if k in logins}),
         before=before,
         homes=homes,
-        gateway=next(
-            c.__self__ for c in closers if isinstance(getattr(c, "__self__", None), Gateway)
-        ),
+        gateway=_gateway_of(closers),
+        options=options,
+        kube=api,
+        closers=closers,
     )
-    host.refresh()
-    host.policy()
+    if api is None:
+        agent.cluster = host.cluster
+    agent.refresh = timedelta(0)
     try:
         yield host
     finally:
-        for close in reversed(closers):
+        for close in reversed(host.closers):
             close()
         left = host.containers() - before
         if left:
             subprocess.run(
-                docker_engine.docker_command("rm", "-f", *left), capture_output=True, check=False
+                engine.docker_command("rm", "-f", *left), capture_output=True, check=False
             )
-        volumes = docker_engine.docker("volume", "ls", "-q").split()
+        volumes = engine.docker("volume", "ls", "-q").split()
         if volumes:
             subprocess.run(
-                docker_engine.docker_command("volume", "rm", "-f", *volumes),
+                engine.docker_command("volume", "rm", "-f", *volumes),
                 capture_output=True,
                 check=False,
             )
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-__all__ = ["ACCOUNTS", "ADMIN_GROUP", "AMY", "BEN", "CAT", "IMAGE", "ROOT", "GatewayHost"]
+@pytest.fixture
+def gateway(
+    fake_host: FakeHost, docker_engine: DockerEngine, tmp_path: Path
+) -> Iterator[GatewayHost]:
+    with serve(fake_host, docker_engine, tmp_path) as host:
+        host.refresh()
+        host.policy()
+        yield host
+
+
+__all__ = [
+    "ACCOUNTS",
+    "ADMIN_GROUP",
+    "AMY",
+    "BEN",
+    "CAT",
+    "IMAGE",
+    "ROOT",
+    "GatewayHost",
+    "connect_as",
+    "restart",
+    "serve",
+]

@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import structlog
 
+from controller.agent.gateway.chunked import relay_chunked_response
 from controller.agent.gateway.core import Core
 from controller.agent.gateway.engine import EngineError
 from controller.agent.gateway.http import (
@@ -209,8 +210,12 @@ class Session:
         if response.status == 101 or framing == "close":
             await splice((self.reader, self.writer), (reader, writer))
             return False
-        await relay_body(reader, self.writer, framing, length)
-        if response.wants_close():
+        clean = True
+        if framing == "chunked":
+            clean = await relay_chunked_response(reader, self.writer)
+        else:
+            await relay_body(reader, self.writer, framing, length)
+        if response.wants_close() or not clean:
             writer.close()
             self._upstream = None
         return not (response.wants_close() or call.head.wants_close())

@@ -108,6 +108,8 @@ class Gateway:
         self._ready = threading.Event()
         self._created = False
         self._error: BaseException | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        """Every connection's task, held strongly (see `_accept`)."""
 
     def start(self) -> None:
         sock, self._created = listen(self.options)
@@ -151,11 +153,30 @@ class Gateway:
         async with server:
             await self._stopped.wait()
             server.close()
-            for task in asyncio.all_tasks() - {asyncio.current_task()}:
+            tasks = asyncio.all_tasks() - {asyncio.current_task()}
+            for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         self.core.engine.close()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # asyncio holds a connection's task only through its transport while that is
+        # registered with the event loop, and stream readers only weakly. Once a client
+        # half-closes (`docker run` without -i does at once) its transport leaves the
+        # loop, and a task waiting on the engine's side would be garbage: collected, it
+        # would cut the user's output off. So the gateway holds every connection's task.
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        try:
+            await self._serve_connection(reader, writer)
+        finally:
+            if task is not None:
+                self._connections.discard(task)
+
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         try:
             peer = peer_of(writer.get_extra_info("socket"))
             if in_container(peer.pid, self._own):
@@ -171,6 +192,10 @@ class Gateway:
             await Session(self.core, reader, writer, identity).run()
         except (ConnectionError, OSError) as error:
             log.debug("connection ended", error=str(error))
+        except asyncio.CancelledError:
+            # The gateway is stopping. Ending quietly, rather than as a cancelled task:
+            # Python 3.11's stream server logs a cancelled connection handler as an error.
+            writer.close()
         except Exception:
             log.exception("gateway connection failed")
             writer.close()
