@@ -9,6 +9,7 @@ finalizers of its own; the reconciler manages the one finalizer it needs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 from pathlib import Path
@@ -106,6 +107,8 @@ def register(
             task = memo.get(name)
             if task is not None:
                 task.cancel()
+        with contextlib.suppress(TimeoutError):  # Events are best effort; audit is written
+            await asyncio.wait_for(reconciler.writer.drain(), 5)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

@@ -3,6 +3,9 @@
 Status and spec writes go first, concurrently; Events and audit records about
 an object are posted only when its write succeeded (or none was needed), so a
 failed write that will be retried does not announce the same change twice.
+Audit records are written before the pass ends; Events are posted in the
+background on their own threads, so a pass that activates a thousand grants
+does not hold the next grant's pass behind a thousand Event posts.
 Node specs are written before any grant finalizer is released: a deleted
 grant's revocation must be in the node's spec before the grant can vanish.
 """
@@ -39,20 +42,29 @@ log = structlog.get_logger("ds01.operator.writer")
 class Writer:
     """Applies plans through the official Kubernetes client, in worker threads."""
 
-    def __init__(self, api: client.ApiClient, audit: AuditLog, workers: int = 8) -> None:
+    def __init__(
+        self, api: client.ApiClient, audit: AuditLog, workers: int = 8, event_workers: int = 4
+    ) -> None:
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.audit = audit
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ds01-write")
+        self.event_pool = ThreadPoolExecutor(
+            max_workers=event_workers, thread_name_prefix="ds01-event"
+        )
+        self._posting: set[asyncio.Future[Any]] = set()
 
     async def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
         """One API write in a worker thread, counted in metrics; False when it failed."""
         return await self._call(what, fn, *args, **kwargs)
 
     async def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+        return await self._run(self.pool, what, functools.partial(fn, *args, **kwargs))
+
+    async def _run(self, pool: ThreadPoolExecutor, what: str, call: Callable[[], Any]) -> bool:
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
+            await loop.run_in_executor(pool, call)
         except ApiException as error:
             metrics.API_WRITES.labels(what=what, result=str(error.status)).inc()
             level = log.debug if error.status in (404, 409) else log.warning
@@ -212,28 +224,33 @@ class Writer:
     async def announce(
         self, events: Iterable[EventRecord], audit: Iterable[AuditRecord], failed: set[str]
     ) -> None:
-        """Post Events and record audit lines, except those about writes in ``failed``."""
-        posts = []
-        for event in events:
-            key = _event_key(event)
-            if key in failed:
-                continue
-            posts.append(
-                self._call(
-                    "event",
-                    self.core.create_namespaced_event,
-                    event.about.namespace or "default",
-                    _event_body(event),
-                )
-            )
-            if event.type == "Warning" and event.reason in ("Denied", "NotAllowed"):
-                metrics.DENIALS.labels(reason=event.reason).inc()
-        await asyncio.gather(*posts)
+        """Record audit lines and start posting Events, except those about writes in ``failed``."""
         for record in audit:
             key = record.object_key or record.details.get("grant")
             if key in failed:
                 continue
             self.audit.write(record.event_type, record.user, record.details)
+        posts = []
+        for event in events:
+            if _event_key(event) in failed:
+                continue
+            create = functools.partial(
+                self.core.create_namespaced_event,
+                event.about.namespace or "default",
+                _event_body(event),
+            )
+            posts.append(self._run(self.event_pool, "event", create))
+            if event.type == "Warning" and event.reason in ("Denied", "NotAllowed"):
+                metrics.DENIALS.labels(reason=event.reason).inc()
+        if posts:
+            task = asyncio.ensure_future(asyncio.gather(*posts))
+            self._posting.add(task)  # a reference, so the collector cannot cancel it
+            task.add_done_callback(self._posting.discard)
+
+    async def drain(self) -> None:
+        """Wait for the Events still being posted (at shutdown)."""
+        if self._posting:
+            await asyncio.gather(*self._posting, return_exceptions=True)
 
 
 def _event_key(event: EventRecord) -> str | None:
