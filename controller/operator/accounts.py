@@ -31,7 +31,7 @@ from controller.policy.quantity import same_quantities
 from controller.policy.quota import same_limit_range
 
 Call = Callable[..., Coroutine[Any, Any, bool]]
-"""`Writer._call`: runs a client call in the pool, counts it, returns whether it succeeded."""
+"""`Writer.call`: runs a client call in the pool, counts it, returns whether it succeeded."""
 
 LABELS = {MANAGED_BY_LABEL: MANAGED_BY, "app.kubernetes.io/part-of": "ds01-controller"}
 

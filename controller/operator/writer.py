@@ -56,9 +56,6 @@ class Writer:
 
     async def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
         """One API write in a worker thread, counted in metrics; False when it failed."""
-        return await self._call(what, fn, *args, **kwargs)
-
-    async def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
         return await self._run(self.pool, what, functools.partial(fn, *args, **kwargs))
 
     async def _run(self, pool: ThreadPoolExecutor, what: str, call: Callable[[], Any]) -> bool:
@@ -108,7 +105,7 @@ class Writer:
                 jobs.append(
                     (
                         f"node/{node.metadata.name}",
-                        self._call(
+                        self.call(
                             "gpunode/spec",
                             self.custom.patch_cluster_custom_object,
                             GROUP,
@@ -119,7 +116,7 @@ class Writer:
                         ),
                     )
                 )
-        jobs += account_jobs(self.core, self._call, plan, snapshot)
+        jobs += account_jobs(self.core, self.call, plan, snapshot)
         results = await asyncio.gather(*(job for _, job in jobs))
         failed |= {key for (key, _), ok in zip(jobs, results, strict=True) if not ok}
 
@@ -150,7 +147,7 @@ class Writer:
         return [
             (
                 f"{plural}/{name}",
-                self._call(
+                self.call(
                     f"{plural[:-1]}/status",
                     self.custom.patch_cluster_custom_object_status,
                     GROUP,
@@ -177,7 +174,7 @@ class Writer:
             return False
         if not status_patch:
             return True
-        return await self._call(
+        return await self.call(
             "gpugrant/status",
             self.custom.patch_namespaced_custom_object_status,
             GROUP,
@@ -210,7 +207,7 @@ class Writer:
         never auto-approve or release a spec that changed since it was judged."""
         metadata = body.setdefault("metadata", {})
         metadata["resourceVersion"] = grant.metadata.resource_version
-        return await self._call(
+        return await self.call(
             what,
             self.custom.patch_namespaced_custom_object,
             GROUP,

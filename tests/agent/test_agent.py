@@ -20,7 +20,6 @@ from prometheus_client import generate_latest
 
 from controller.agent.deviceplugin.simkubelet import SimulatedPodResources, pod
 from controller.agent.main import AgentOptions, build
-from controller.cli.dev import install
 from controller.devcluster.controlplane import LocalCluster
 from controller.devcluster.fakegpu.topology import ProcSpec
 from tests.agent.engine import IMAGE, DockerEngine
@@ -29,32 +28,6 @@ from tests.agent.users import ensure_user, run_as
 from tests.controlplane.kube import Kube, agent_kubeconfig
 
 NODE = "gpu-e2e"
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with LocalCluster(tmp_path_factory.mktemp("agent-cluster")) as started:
-        install(started, samples=False)
-        yield started
-
-
-@pytest.fixture(scope="module")
-def admin(cluster: LocalCluster) -> Kube:
-    return Kube(cluster, cluster.kubeconfig)
-
-
-def account(admin: Kube, login: str) -> str:
-    user = f"{login}@lab.example"
-    admin.namespace(
-        f"u-{login}",
-        {"gpu.ds01.io/user": user.replace("@", "-")},
-        {
-            "gpu.ds01.io/user-name": user,
-            "gpu.ds01.io/groups": "researcher",
-            "gpu.ds01.io/linux-user": login,
-        },
-    )
-    return user
 
 
 @dataclass
@@ -74,7 +47,8 @@ def running(admin: Kube, docker_engine: DockerEngine) -> Iterator[Running]:
     host_login, container_login = "ds01-carol", "ds01-dave"
     ensure_user(host_login)
     container_uid = ensure_user(container_login)
-    carol, dave = account(admin, host_login), account(admin, container_login)
+    carol = admin.account(host_login, "researcher")
+    dave = admin.account(container_login, "researcher")
     name = f"dave-train-{uuid.uuid4().hex[:6]}"
     container_id = docker_engine.docker(
         "run",
@@ -226,7 +200,7 @@ def test_pod_use_is_attributed_through_the_api_and_podresources(
     tmp_path: Path,
 ) -> None:
     """A process in a pod's cgroup -> the pod (by UID, from the API) -> its devices (kubelet)."""
-    owner = account(admin, "ds01-erin")
+    owner = admin.account("ds01-erin", "researcher")
     admin.kubectl(
         "create",
         "-n",

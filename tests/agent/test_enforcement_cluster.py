@@ -27,7 +27,7 @@ from controller.agent.agent import Agent
 from controller.agent.main import AgentOptions, build
 from controller.agent.runner import Runner
 from controller.agent.state import PolicyStore
-from controller.cli.dev import install, start_operator
+from controller.cli.dev import start_operator
 from controller.devcluster.controlplane import LocalCluster
 from controller.devcluster.fakegpu import a100_node
 from controller.devcluster.fakegpu.devtree import OPENABLE_MISC_MINORS
@@ -38,18 +38,6 @@ from tests.agent.users import ensure_user
 from tests.controlplane.kube import Kube, agent_kubeconfig
 
 NODE = "gpu-enforce"
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with LocalCluster(tmp_path_factory.mktemp("enforce-cluster")) as started:
-        install(started, samples=False)
-        yield started
-
-
-@pytest.fixture(scope="module")
-def admin(cluster: LocalCluster) -> Kube:
-    return Kube(cluster, cluster.kubeconfig)
 
 
 @dataclass
@@ -106,16 +94,7 @@ class Running:
 
 def account(admin: Kube, login: str, groups: str = "researcher") -> tuple[str, int]:
     uid = ensure_user(login)
-    user = f"{login}@lab.example"
-    admin.namespace(
-        f"u-{login}",
-        {"gpu.ds01.io/user": user.replace("@", "-")},
-        {
-            "gpu.ds01.io/user-name": user,
-            "gpu.ds01.io/groups": groups,
-            "gpu.ds01.io/linux-user": login,
-        },
-    )
+    user = admin.account(login, groups)
     admin.apply(
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",

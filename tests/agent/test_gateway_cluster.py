@@ -18,7 +18,6 @@ import pytest
 from kubernetes import config
 
 from controller.agent.trust import verify
-from controller.cli.dev import install
 from controller.devcluster.controlplane import LocalCluster
 from controller.devcluster.process import wait_until
 from tests.agent.enforcehost import KEY
@@ -33,26 +32,11 @@ MI = 2**20
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with LocalCluster(tmp_path_factory.mktemp("gateway-cluster")) as started:
-        install(started, samples=False)
-        yield started
-
-
-@pytest.fixture(scope="module")
-def admin(cluster: LocalCluster) -> Kube:
-    kube = Kube(cluster, cluster.kubeconfig)
+def admin(admin: Kube) -> Kube:
+    """The tier's admin, with amy's and ben's accounts and a limit for amy."""
+    kube = admin
     for login in (AMY, BEN):
-        user = ACCOUNTS[login]
-        kube.namespace(
-            f"u-{login}",
-            {"gpu.ds01.io/user": user.replace("@", "-")},
-            {
-                "gpu.ds01.io/user-name": user,
-                "gpu.ds01.io/groups": "student",
-                "gpu.ds01.io/linux-user": login,
-            },
-        )
+        kube.account(login, "student", ACCOUNTS[login])
     kube.apply(
         {
             "apiVersion": "gpu.ds01.io/v1alpha1",

@@ -47,6 +47,20 @@ class Kube:
     def get(self, *args: str) -> dict[str, Any]:
         return json.loads(self.kubectl("get", "-o", "json", *args).stdout)  # type: ignore[no-any-return]
 
+    def account(self, login: str, groups: str, user: str | None = None) -> str:
+        """An account namespace `u-<login>` for ``user`` (default `<login>@lab.example`)."""
+        user = user or f"{login}@lab.example"
+        self.namespace(
+            f"u-{login}",
+            {"gpu.ds01.io/user": user.replace("@", "-")},
+            {
+                "gpu.ds01.io/user-name": user,
+                "gpu.ds01.io/groups": groups,
+                "gpu.ds01.io/linux-user": login,
+            },
+        )
+        return user
+
     def namespace(
         self,
         name: str,

@@ -18,10 +18,11 @@ dev dependency on grpcio-tools must be pinned exactly.
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 import tempfile
 from pathlib import Path
+
+from controller.runtime.drift import text_diffs
 
 PACKAGE_DIR = Path(__file__).resolve().parent / "proto"
 """Where the .proto sources and the generated modules live."""
@@ -74,22 +75,7 @@ def committed() -> dict[str, str]:
 
 def drift() -> list[str]:
     """Unified diffs between the committed modules and a fresh generation (empty when equal)."""
-    fresh, current = generate(), committed()
-    diffs = []
-    for name in sorted(fresh.keys() | current.keys()):
-        old, new = current.get(name, ""), fresh.get(name, "")
-        if old != new:
-            diffs.append(
-                "".join(
-                    difflib.unified_diff(
-                        old.splitlines(keepends=True),
-                        new.splitlines(keepends=True),
-                        f"committed/{name}",
-                        f"generated/{name}",
-                    )
-                )
-            )
-    return diffs
+    return text_diffs(committed(), generate(), "generated")
 
 
 def write() -> list[str]:
