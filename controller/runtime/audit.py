@@ -102,3 +102,18 @@ class AuditLog:
         for old in self.path.parent.glob(f"{self.path.name}.*"):
             if old.name.rsplit(".", 1)[-1] < cutoff:
                 old.unlink(missing_ok=True)
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Every record under ``path``, oldest first: the rotated days, then the current file.
+
+    Readers must not look at the current file alone: a record written just
+    before midnight UTC is in yesterday's file once the next write rotates it.
+    """
+    days = sorted(path.parent.glob(f"{path.name}.*"))  # YYYY-MM-DD suffixes sort by date
+    records = []
+    for file in [*days, path]:
+        if file.exists():
+            text = file.read_text()
+            records += [json.loads(line) for line in text.splitlines() if line.strip()]
+    return records

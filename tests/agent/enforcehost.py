@@ -8,7 +8,6 @@ and rate limits from a `StaticCluster` instead of the apiserver.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import stat
@@ -29,6 +28,7 @@ from controller.api.node import GPUNodeSpec
 from controller.devcluster.fakegpu import a100_node
 from controller.devcluster.fakegpu.devtree import OPENABLE_MISC_MINORS
 from controller.policy.effective import NamedLimit
+from controller.runtime.audit import read_records
 from tests.agent.engine import IMAGE, DockerEngine
 from tests.agent.fakehost import FakeHost
 from tests.agent.users import ensure_user
@@ -159,11 +159,7 @@ class Node:
         return process
 
     def audit_types(self) -> list[str]:
-        return (
-            [json.loads(x)["event_type"] for x in self.audit.read_text().splitlines()]
-            if self.audit.exists()
-            else []
-        )
+        return [r["event_type"] for r in read_records(self.audit)] if self.audit.exists() else []
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ from controller.api.ratelimit import GPURateLimitSpec
 from controller.devcluster.fakegpu import a100_node
 from controller.devcluster.fakegpu.devtree import OPENABLE_MISC_MINORS
 from controller.policy.effective import NamedLimit
+from controller.runtime.audit import read_records
 from tests.agent.enforcehost import KEY, StaticCluster
 from tests.agent.engine import IMAGE, DockerEngine
 from tests.agent.fakehost import FakeHost
@@ -271,9 +272,7 @@ class GatewayHost:
 
     def audit_records(self, event_type: str | None = None) -> list[dict[str, Any]]:
         self.gateway.notifier.flush()
-        if not self.audit.exists():
-            return []
-        records = [json.loads(line) for line in self.audit.read_text().splitlines()]
+        records = read_records(self.audit)
         return [r for r in records if event_type is None or r["event_type"] == event_type]
 
     def inspect(self, container: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from controller.agent.deviceplugin.simkubelet import SimulatedPodResources, pod
 from controller.agent.main import AgentOptions, build
 from controller.devcluster.controlplane import LocalCluster
 from controller.devcluster.fakegpu.topology import ProcSpec
+from controller.runtime.audit import read_records
 from tests.agent.engine import IMAGE, DockerEngine
 from tests.agent.fakehost import FakeHost
 from tests.agent.users import ensure_user, run_as
@@ -187,9 +188,7 @@ def test_agent_reports_inventory_workloads_and_violations(
         "events", "-n", "default", "--field-selector", f"involvedObject.name={NODE}"
     )["items"]
     assert {"WorkloadDiscovered", "Unentitled"} <= {e["reason"] for e in events}
-    audit = [
-        json.loads(x)["event_type"] for x in (tmp_path / "audit.jsonl").read_text().splitlines()
-    ]
+    audit = [r["event_type"] for r in read_records(tmp_path / "audit.jsonl")]
     assert "detection.workload_discovered" in audit and "detection.unentitled" in audit
 
 

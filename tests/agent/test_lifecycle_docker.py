@@ -8,7 +8,6 @@ effective GPURateLimit, exemptions from the GPUNode spec.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from controller.agent.lifecycle import DockerLifecycle
 from controller.api.ratelimit import GPURateLimitSpec
 from controller.devcluster.process import wait_until
 from controller.policy.effective import NamedLimit
+from controller.runtime.audit import read_records
 from tests.agent.enforcehost import Node
 
 AMY, BEN = "amy@lab.example", "ben@lab.example"
@@ -53,7 +53,7 @@ def fast_limits(*users: str, **docker: str) -> NamedLimit:
 def events(node: Node, event_type: str) -> list[dict[str, Any]]:
     if not node.audit.exists():
         return []
-    records = [json.loads(line) for line in node.audit.read_text().splitlines()]
+    records = read_records(node.audit)
     return [{**r["details"], "user": r["user"]} for r in records if r["event_type"] == event_type]
 
 

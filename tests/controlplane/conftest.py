@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import pytest
 from controller.cli.dev import install, start_operator
 from controller.devcluster.controlplane import LocalCluster, free_port
 from controller.devcluster.process import ManagedProcess, wait_until
+from controller.runtime.audit import read_records
 from tests.controlplane.kube import Kube
 
 
@@ -100,7 +100,7 @@ class OperatorEnv:
     def audit_events(self) -> list[dict[str, Any]]:
         if not self.audit.exists():
             return []
-        return [json.loads(line) for line in self.audit.read_text().splitlines() if line]
+        return read_records(self.audit)
 
 
 @pytest.fixture(scope="session")

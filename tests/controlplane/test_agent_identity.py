@@ -20,7 +20,7 @@ from controller.agent.publisher import Publisher
 from controller.agent.report import Health, status
 from controller.api.node import GPUNodeStatus, Violation
 from controller.devcluster.controlplane import LocalCluster
-from controller.runtime.audit import AuditLog
+from controller.runtime.audit import AuditLog, read_records
 from tests.controlplane.kube import Kube, agent_kubeconfig
 
 
@@ -107,7 +107,7 @@ def test_agent_creates_and_reports_its_own_node(
         "items"
     ]
     assert any(e["reason"] == "Unattributed" and e["type"] == "Warning" for e in events)
-    audit = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    audit = read_records(tmp_path / "audit.jsonl")
     assert (
         audit[-1]["event_type"] == "detection.unattributed" and audit[-1]["source"] == "ds01-agent"
     )

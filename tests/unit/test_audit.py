@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from controller.runtime.audit import MAX_LINE, AuditLog, envelope
+from controller.runtime.audit import MAX_LINE, AuditLog, envelope, read_records
 
 NOW = datetime(2026, 11, 25, 18, 30, tzinfo=UTC)
 
@@ -56,6 +56,24 @@ def test_rotates_daily_and_prunes_after_30_days(tmp_path: Path) -> None:
     assert kept[0] == "audit.jsonl." + (clock.now - timedelta(days=30)).strftime("%Y-%m-%d")
     assert "audit.jsonl.2026-11-25" not in kept
     assert len(kept) == 30  # the 30 days before today; today is audit.jsonl itself
+
+
+def test_records_are_read_across_the_rotation_oldest_first(tmp_path: Path) -> None:
+    clock = Clock(NOW.replace(hour=23, minute=59))
+    path = tmp_path / "audit.jsonl"
+    assert read_records(path) == []
+    log = AuditLog(path, "ds01-agent", clock)
+    log.write("access.revoke_warning", "kim", {})
+    clock.now += timedelta(minutes=2)  # past midnight: the next write rotates
+    log.write("access.revoke", "kim", {})
+    clock.now += timedelta(days=1)
+    log.write("access.grant", "kim", {})
+    assert len(list(tmp_path.glob("audit.jsonl.*"))) == 2
+    assert [r["event_type"] for r in read_records(path)] == [
+        "access.revoke_warning",
+        "access.revoke",
+        "access.grant",
+    ]
 
 
 def test_a_failing_disk_never_raises(tmp_path: Path) -> None:
