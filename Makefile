@@ -5,7 +5,10 @@ VENV := .venv/bin
 
 .PHONY: up down test lint unit build crds bench bootstrap
 
+# As root on Debian, `up` first installs what the node agent needs (one list,
+# shared with .ci/run); elsewhere it says what is missing and runs without it.
 up: bootstrap
+	@scripts/host-packages --install || true
 	$(VENV)/ds01 dev up
 
 down: bootstrap

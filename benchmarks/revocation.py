@@ -32,11 +32,9 @@ from controller.agent.main import AgentOptions, build
 from controller.agent.runner import Runner
 from controller.cli.dev import install
 from controller.devcluster.controlplane import LocalCluster
-from controller.devcluster.fakegpu import a100_node
-from controller.devcluster.fakegpu.devtree import OPENABLE_MISC_MINORS
 from controller.devcluster.process import wait_until
 from controller.runtime import logs
-from tests.agent.fakehost import FakeHost, fake_library, point_fake_at
+from tests.agent.fakehost import FakeHost, fake_library, misc_node, point_fake_at
 from tests.agent.users import ensure_user
 from tests.controlplane.kube import Kube, agent_kubeconfig
 
@@ -65,7 +63,7 @@ class Bench:
             {"gpu.ds01.io/user": self.user.replace("@", "-")},
             {"gpu.ds01.io/user-name": self.user, "gpu.ds01.io/linux-user": LOGIN},
         )
-        host = FakeHost(root, fake_library(), a100_node(minors=OPENABLE_MISC_MINORS))
+        host = FakeHost(root, fake_library(), misc_node())
         point_fake_at(host.path)
         host.write()
         tree = host.make_tree(misc=True)

@@ -146,6 +146,8 @@ class Agent:
     view_store: ViewStore | None = None
     _views: _Views | None = None
     _pod_devices: Mapping[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+    on_pass: Callable[[], None] | None = None
+    """Called after every enforcement pass (the runtime gate republishes its table)."""
 
     @property
     def mode(self) -> EnforcementMode:
@@ -203,6 +205,8 @@ class Agent:
         outcome = self.enforcer.run(spec, self.mode, inventory, self.views(now), now)
         if self.policy is not None:
             self.applied_generation = self.policy.generation
+        if self.on_pass is not None:
+            self.on_pass()
         return outcome
 
     def scan(self) -> GPUNodeStatus:

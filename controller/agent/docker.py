@@ -91,6 +91,20 @@ class DockerClient:
         query = "" if running_only else "?all=1"
         return [c["Id"] for c in self._get(f"/containers/json{query}")]
 
+    def identity(self, container_id: str) -> tuple[str, dict[str, str]] | None:
+        """(name, labels) of a container from the engine's listing; None when it is unknown.
+
+        The listing, unlike inspect, reads the engine's in-memory index and does not
+        wait for the container's lock, which a start holds while the runtime creates
+        the container: the runtime wrapper's question is answered from here.
+        """
+        filters = quote(json.dumps({"id": [container_id]}))
+        for entry in self._get(f"/containers/json?all=1&filters={filters}"):
+            if entry.get("Id") == container_id:
+                names = entry.get("Names") or [""]
+                return str(names[0]).lstrip("/"), dict(entry.get("Labels") or {})
+        return None
+
     def stop(self, container_id: str, grace_s: int) -> None:
         """Stop a container: SIGTERM, then SIGKILL after ``grace_s`` (the engine does both)."""
         connection = _UnixConnection(self.socket_path, self.timeout + grace_s)

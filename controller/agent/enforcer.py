@@ -32,7 +32,7 @@ from controller.agent.procfs import ProcReader, placement
 from controller.agent.scan import allocated
 from controller.agent.trust import verify
 from controller.api.node import EnforcementMode, GPUNodeSpec
-from controller.policy.attribution import SYSTEM_COMMANDS
+from controller.policy.attribution import is_system
 from controller.policy.enforcement import Decision, End, Holder, Number, Place, SlotDevices, decide
 
 log = structlog.get_logger("ds01.agent.enforce")
@@ -79,11 +79,14 @@ class Enforcer:
     key: bytes | None
     notify: Notify
     grace: timedelta = timedelta(minutes=5)
-    """Grace for GPU use that was never allowed (revocations carry their own)."""
+    """Grace for GPU use whose right ended with no revocation entry (revocations carry their
+    own; use that was never granted gets none)."""
     kill_grace: timedelta = timedelta(seconds=10)
     stop_grace_s: int = 60
     _first_seen: dict[tuple[int, int, Number], datetime] = field(default_factory=dict)
     _warned: set[tuple[int, int, Number]] = field(default_factory=set)
+    _entitled_seen: set[tuple[int, int, Number]] = field(default_factory=set)
+    """Holders seen allowed in an earlier pass: if their right ends, they get the grace."""
     _terms: dict[tuple[int, int], datetime] = field(default_factory=dict)
     _stopping: set[str] = field(default_factory=set)
     _containers: dict[str, Container | None] = field(default_factory=dict)
@@ -197,8 +200,8 @@ class Enforcer:
         for place in places:
             if path == place.path or path.startswith(place.path.rstrip("/") + "/"):
                 return place, info.start_ticks, info.uid
-        if info.comm in SYSTEM_COMMANDS or info.uid == 0:
-            return None  # system daemons and root: reported by detection, not ended
+        if info.uid == 0 or is_system(info.comm, info.uid):
+            return None  # root's and system daemons' processes: reported, not ended
         login = views.logins.get(info.uid)
         owner = views.accounts_by_login.get(login) if login else None
         return Place(path=path, kind="other", owner=owner, uid=info.uid), info.start_ticks, info.uid
@@ -253,7 +256,9 @@ class Enforcer:
             first_seen=self._first_seen,
             grace=self.grace,
             now=now,
+            was_entitled=self._entitled_seen,
         )
+        self._entitled_seen = (self._entitled_seen & seen) | decision.entitled_holders
         for end in decision.ends:
             self._first_seen.setdefault(
                 (end.holder.pid, end.holder.start_ticks, end.holder.number), now
@@ -271,6 +276,17 @@ class Enforcer:
         holder = end.holder
         key = (holder.pid, holder.start_ticks, holder.number)
         device = f"{holder.number[0]}:{holder.number[1]}"
+        if end.never_granted:
+            # No grace: there is no right that ended, so nothing to wind down.
+            if key not in self._warned:
+                self._warned.add(key)
+                tell_terminals(
+                    holder.place.uid if holder.place.kind != "container" else None,
+                    f"GPU use by process {holder.pid} on device {device} ended: {end.reason}",
+                )
+            outcome.ended.append(end)
+            self._end(end, now)
+            return
         if key not in self._warned:
             self._warned.add(key)
             outcome.warned.append(end)
@@ -299,6 +315,10 @@ class Enforcer:
         if end.soft or now < end.at:
             return
         outcome.ended.append(end)
+        self._end(end, now)
+
+    def _end(self, end: End, now: datetime) -> None:
+        holder = end.holder
         if holder.place.kind == "container" and holder.place.container_id and self.docker:
             self._stop_container(holder.place.container_id, end)
         else:
@@ -323,11 +343,11 @@ class Enforcer:
 
         threading.Thread(target=stop, name=f"stop-{container_id[:12]}", daemon=True).start()
         self.notify(
-            "access.revoke",
+            _ended_event(end),
             end.holder.owner,
             f"stopped container {container_id[:12]}: {end.reason}",
             "Warning",
-            {"container": container_id, "reason": end.reason},
+            {"container": container_id, "reason": end.reason, "neverGranted": end.never_granted},
         )
 
     def _terminate(self, pid: int, start: int, end: End, now: datetime) -> None:
@@ -341,11 +361,16 @@ class Enforcer:
             return
         self._terms[(pid, start)] = now + self.kill_grace
         self.notify(
-            "access.revoke",
+            _ended_event(end),
             end.holder.owner,
             f"ended process {pid} holding a GPU: {end.reason}",
             "Warning",
-            {"pid": pid, "reason": end.reason, "signal": "SIGTERM"},
+            {
+                "pid": pid,
+                "reason": end.reason,
+                "signal": "SIGTERM",
+                "neverGranted": end.never_granted,
+            },
         )
 
     def _finish_terms(self, now: datetime) -> None:
@@ -356,6 +381,11 @@ class Enforcer:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 del self._terms[(pid, start)]
+
+
+def _ended_event(end: End) -> str:
+    """`access.revoke` for a right that ended, `access.end_unentitled` for one never granted."""
+    return "access.end_unentitled" if end.never_granted else "access.revoke"
 
 
 def _same(proc: ProcReader, pid: int, start: int) -> bool:

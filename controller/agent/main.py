@@ -25,6 +25,7 @@ from controller.agent.deviceplugin.manager import DevicePluginManager
 from controller.agent.docker import DockerClient
 from controller.agent.enforcer import Enforcer, Notify
 from controller.agent.gateway import AgentSource, Gateway, GatewayOptions
+from controller.agent.gateway.core import USER_CAPABILITIES, AuditWrite
 from controller.agent.inventory import Inventory
 from controller.agent.lifecycle import DockerLifecycle
 from controller.agent.nvml import Nvml
@@ -32,12 +33,13 @@ from controller.agent.podresources import PodResourcesClient
 from controller.agent.procfs import ProcReader
 from controller.agent.publisher import Publisher
 from controller.agent.runner import Runner
+from controller.agent.runtimegate import RuntimeGate
 from controller.agent.scan import ContainerCache
 from controller.agent.state import PolicyStore, StateError, ViewStore
 from controller.api.base import GROUP, VERSION
 from controller.api.kinds import GPURateLimit
 from controller.policy.effective import NamedLimit
-from controller.runtime import logs
+from controller.runtime import fieldmanager, logs
 from controller.runtime.audit import AuditLog
 
 log = structlog.get_logger("ds01.agent")
@@ -68,7 +70,8 @@ class AgentOptions:
     enforce_interval_s: float = 2.0
     """Seconds between enforcement passes when nothing triggers one sooner."""
     grace_s: float = 300.0
-    """Grace before ending GPU use that was never allowed (revocations carry their own)."""
+    """Grace before ending GPU use whose right ended with no revocation entry (an expired
+    host entry or reservation); revocations carry their own, never-granted use gets none."""
     kill_grace_s: float = 10.0
     stop_grace_s: int = 60
     lifecycle_interval_s: float = 300.0
@@ -81,6 +84,15 @@ class AgentOptions:
     """Host paths users may bind-mount (`{home}`, `{login}` filled in per user)."""
     gateway_socket_mode: int = 0o666
     gateway_socket_group: str | None = None
+    gateway_devices: tuple[str, ...] = ()
+    """Host device paths users may map with --device (none by default)."""
+    gateway_capabilities: tuple[str, ...] | None = None
+    """Capabilities users may add (None: Docker's defaults plus IPC_LOCK and SYS_NICE)."""
+    gateway_runtime: str | None = None
+    """Runtime every user container runs under (the device-rule wrapper); the engine's
+    default when unset."""
+    runtime_dir: Path | None = None
+    """Answer the runtime wrapper (`ds01-runc`) here: its socket and fail-closed table."""
     log_level: str = "INFO"
 
 
@@ -161,7 +173,12 @@ def cgroup_version(root: Path) -> str | None:
 def build(
     options: AgentOptions, api: client.ApiClient | None
 ) -> tuple[Agent, list[Callable[[], None]]]:
-    """The agent, and what to call (in reverse order) when it stops."""
+    """The agent, and what to call (in reverse order) when it stops.
+
+    ``api``'s writes are recorded under the field manager `ds01-agent`.
+    """
+    if api is not None:
+        fieldmanager.name_writes(api, fieldmanager.AGENT)
     nvml = Nvml(
         library=options.nvml_library,
         proc_root=options.driver_proc_root or options.proc_root,
@@ -234,15 +251,27 @@ def build(
                 saved=agent.policy is not None,
                 error=str(error)[:300],
             )
+    if options.runtime_dir is not None:
+        # Before the gateway: a container it creates finds the gate answering.
+        gate = RuntimeGate(options.runtime_dir, agent, docker, key, enforcer.notify)
+        gate.start()
+        agent.on_pass = gate.publish
+        closers.append(gate.stop)
     if options.gateway_socket is not None:
-        gateway = _gateway(options, agent, key, enforcer.notify)
+        gateway = _gateway(options, agent, key, publisher, audit)
         gateway.start()
         closers.append(gateway.stop)
     return agent, closers
 
 
-def _gateway(options: AgentOptions, agent: Agent, key: bytes | None, notify: Notify) -> Gateway:
-    """The Docker gateway, sharing the agent's views, key and voice (Events, audit)."""
+def _gateway(
+    options: AgentOptions,
+    agent: Agent,
+    key: bytes | None,
+    publisher: Publisher | None,
+    audit: AuditLog,
+) -> Gateway:
+    """The Docker gateway, sharing the agent's views, key and voice (audit first, then Events)."""
     if options.docker_socket is None or key is None:
         raise ConfigError(
             "--gateway-socket needs --docker-socket (the engine's own socket) and "
@@ -259,10 +288,23 @@ def _gateway(options: AgentOptions, agent: Agent, key: bytes | None, notify: Not
             bind_roots=options.gateway_bind_roots,
             socket_mode=options.gateway_socket_mode,
             socket_group=options.gateway_socket_group,
+            devices=options.gateway_devices,
+            runtime=options.gateway_runtime,
+            capabilities=USER_CAPABILITIES
+            if options.gateway_capabilities is None
+            else frozenset(c.upper().removeprefix("CAP_") for c in options.gateway_capabilities),
         ),
         AgentSource(agent),
-        notify,
+        publisher.audit_record if publisher is not None else _audit_only(audit),
+        publisher.post_event if publisher is not None else None,
     )
+
+
+def _audit_only(audit: AuditLog) -> AuditWrite:
+    def write(event_type: str, user: str | None, message: str, details: dict[str, Any]) -> None:
+        audit.write(event_type, user or "unknown", {"message": message, **details})
+
+    return write
 
 
 def _log_only(audit: AuditLog) -> Notify:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from kubernetes import client
@@ -18,8 +18,8 @@ from kubernetes.client.exceptions import ApiException
 
 from controller.agent.report import without_heartbeat
 from controller.api.base import GROUP, VERSION
-from controller.api.kinds import GPUNode
 from controller.api.node import GPUNodeSpec, GPUNodeStatus, Violation, WorkloadReport
+from controller.policy.nodespec import read_spec
 from controller.runtime.audit import AuditLog
 
 log = structlog.get_logger("ds01.agent")
@@ -32,6 +32,19 @@ class PolicyView:
 
     spec: GPUNodeSpec
     generation: int
+
+
+def policy_view(body: dict[str, Any]) -> PolicyView:
+    """The policy in a GPUNode object from the API; entries this agent cannot read are left
+    out and logged (see `controller.policy.nodespec`), the rest takes effect."""
+    read = read_spec(body)
+    if read.skipped:
+        log.warning(
+            "GPUNode spec entries left out: cannot be read",
+            generation=read.generation,
+            skipped=read.skipped[:20],
+        )
+    return PolicyView(read.spec, read.generation)
 
 
 class Publisher:
@@ -74,11 +87,14 @@ class Publisher:
                 },
             )
             log.info("created GPUNode", node=self.node)
-        node = GPUNode.model_validate(body)
-        self._uid = node.metadata.uid
-        if self._written is None and node.status is not None:
-            self._written = node.status
-        return PolicyView(node.spec, node.metadata.generation or 0)
+        stored = cast(dict[str, Any], body)
+        self._uid = read_spec(stored).uid
+        if self._written is None and stored.get("status"):
+            try:
+                self._written = GPUNodeStatus.model_validate(stored["status"])
+            except ValueError:  # unreadable: the next report replaces it whole
+                self._written = None
+        return policy_view(stored)
 
     def publish(self, report: GPUNodeStatus, now: datetime | None = None) -> bool:
         """Write ``report`` if it changed (after the minimum interval) or the heartbeat is due."""
@@ -165,7 +181,26 @@ class Publisher:
         reason: str,
         details: dict[str, Any],
     ) -> None:
+        self.audit_record(event_type, user, message, details)
+        self._post(user, message=message, kind=kind, reason=reason)
+
+    def audit_record(
+        self, event_type: str, user: str | None, message: str, details: dict[str, Any]
+    ) -> None:
+        """Only the audit record (the gateway writes it before answering, then posts the Event)."""
+        del message  # the Event carries it; the record keeps the structured details
         self.audit.write(event_type, user or "unknown", {"node": self.node, **details})
+
+    def post_event(
+        self, event_type: str, user: str | None, message: str, kind: str, details: dict[str, Any]
+    ) -> None:
+        """Only the Event, best effort (its audit record was written already)."""
+        del details
+        reason = _camel(event_type.rsplit(".", maxsplit=1)[-1])
+        self._post(user, message=message, kind=kind, reason=reason)
+
+    def _post(self, user: str | None, *, message: str, kind: str, reason: str) -> None:
+        del user
         now = datetime.now(UTC)
         event = client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name=f"{self.node}.", namespace="default"),
@@ -187,7 +222,7 @@ class Publisher:
             self.core.create_namespaced_event("default", event)
         except ApiException as error:  # best effort: never block a scan on an Event
             log.warning("event not posted", reason=reason, status=error.status)
-        except Exception as error:  # the apiserver away: the audit record above still holds
+        except Exception as error:  # the apiserver away: the audit record still holds
             log.warning("event not posted", reason=reason, error=str(error)[:200])
 
 

@@ -24,10 +24,9 @@ from kubernetes import client, watch
 
 from controller.agent.agent import Agent
 from controller.agent.docker import DockerClient, DockerError
-from controller.agent.publisher import PolicyView
+from controller.agent.publisher import PolicyView, policy_view
 from controller.agent.state import PolicyStore
 from controller.api.base import GROUP, VERSION
-from controller.api.kinds import GPUNode
 
 log = structlog.get_logger("ds01.agent")
 
@@ -129,8 +128,7 @@ class Runner:
                     if stop.is_set():
                         return
                     if event["type"] in ("ADDED", "MODIFIED"):
-                        node = GPUNode.model_validate(event["object"])
-                        self.set_policy(PolicyView(node.spec, node.metadata.generation or 0))
+                        self.set_policy(policy_view(event["object"]))
             except Exception as error:  # fail open: keep the last policy, retry
                 log.warning(
                     "GPUNode watch interrupted; keeping the last policy",

@@ -26,6 +26,9 @@ ANNOTATION_GROUPS = f"{GROUP}/groups"
 """Comma-separated groups, e.g. ``student`` or ``researcher,approver``."""
 ANNOTATION_LINUX_USER = f"{GROUP}/linux-user"
 """The user's Linux login on GPU nodes, for host access and the Docker gateway."""
+ANNOTATION_POD_SECURITY = f"{GROUP}/pod-security"
+"""Set by an admin: the Pod Security Admission level enforced in this account
+(``privileged``, ``baseline`` or ``restricted``) instead of the operator's default."""
 
 MAX_GROUPS = 32
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]$")

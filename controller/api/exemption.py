@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field, JsonValue
 
 from controller.api.base import Conditions, Model, Subject
-from controller.api.values import NodeName, PrincipalName, Time
+from controller.api.values import NodeName, PrincipalName, Time, UserTime
 
 ExemptFrom = Literal["IdleTimeout", "MaxRuntime", "RateLimits", "Budget", "HostAccess"]
 ExemptionCategory = Literal["ResearchGrant", "Waiver"]
@@ -49,9 +49,9 @@ class GPUExemptionSpec(Model):
     """`ResearchGrant` (funded work that needs it) or `Waiver` (a one-off decision)."""
     reason: Annotated[str, Field(min_length=1, max_length=1024)]
     """Why the exemption was given; kept in the audit trail."""
-    starts_at: Time | None = None
+    starts_at: UserTime | None = None
     """When the exemption begins; immediately when left out."""
-    expires_at: Time | None = None
+    expires_at: UserTime | None = None
     """When the exemption ends; leave out for a permanent exemption."""
     nodes: (
         Annotated[

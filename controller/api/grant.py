@@ -22,6 +22,7 @@ from controller.api.values import (
     PrincipalName,
     Text,
     Time,
+    UserTime,
 )
 
 GrantAccess = Literal["Container", "Host"]
@@ -176,11 +177,11 @@ class GPUGrantSpec(Model):
     """`Container`: the GPUs add to what the user's containers and pods may hold; `Host`: the user may also use GPUs directly on the node, outside containers."""
     placement: GrantPlacement | None = None
     """Node and device choice; leave out to let the operator choose."""
-    start: Time | None = None
+    start: UserTime | None = None
     """When the grant begins; the operator sets it to the creation time when left out."""
     duration: GrantDuration | None = None
     """How long the grant lasts from `start` (for example `72h`); exclusive with `expiresAt`. The operator uses 24h when both are left out."""
-    expires_at: Time | None = None
+    expires_at: UserTime | None = None
     """When the grant ends; exclusive with `duration`."""
     reason: Annotated[str, Field(min_length=1, max_length=1024)]
     """Why the GPUs are needed (for example a paper deadline); shown to approvers."""

@@ -108,7 +108,7 @@ class Revocation(Model):
     reason: Text
     """Why, for the warning the user receives."""
     effective_at: Time
-    """When new opens are denied and holders are ended (the grace period's end)."""
+    """When holders are ended (the grace period's end); new opens are denied from the revocation's start (a soft revocation's from this time)."""
     until: Time
     """When the entry may be dropped."""
     soft: bool = False

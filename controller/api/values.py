@@ -168,10 +168,13 @@ HoursLimit = Annotated[
 ]
 """GPU-equivalent-hours, or `Unlimited`."""
 
-# Kubernetes resource.Quantity, as the apiserver's own types spell it.
+# Kubernetes resource.Quantity, as the apiserver's own types spell it, except that
+# the exponent is a whole number of at most two digits: policy computes with exact
+# numbers, and 1e999999999 would take it forever (the apiserver never sees these
+# strings as quantities, so nothing else would stop one).
 _QUANTITY = (
     r"([+-]?(([0-9]+([.][0-9]*)?)|([.][0-9]+))(([KMGTPE]i)|[numkMGTPE]"
-    r"|([eE][+-]?(([0-9]+([.][0-9]*)?)|([.][0-9]+))))?)"
+    r"|([eE][+-]?[0-9]{1,2}))?)"
 )
 Quantity = Annotated[
     int | str,
@@ -201,11 +204,38 @@ DurationLimit = Annotated[
 
 # -- times and text ----------------------------------------------------------
 
+# The apiserver accepts any RFC 3339 time from year 0001 to 9999, but policy adds
+# durations and grace periods to times, which leaves Python's datetime range near
+# either end (9999-12-31 plus an hour). Times are held to the years 1970-2199:
+# by a plain pattern where programs write them (no CEL cost in long lists), by a
+# rule with a sentence where people do.
+_YEARS = r"^(19[7-9][0-9]|2[01][0-9][0-9])-"
+_EARLIEST, _LATEST = "1970-01-01T00:00:00Z", "2200-01-01T00:00:00Z"
+
 Time = Annotated[
     datetime,
-    WithJsonSchema({"type": "string", "format": "date-time", "maxLength": 64}),
+    WithJsonSchema({"type": "string", "format": "date-time", "maxLength": 64, "pattern": _YEARS}),
 ]
-"""An RFC 3339 timestamp such as `2026-11-25T18:00:00Z`."""
+"""An RFC 3339 timestamp such as `2026-11-25T18:00:00Z`, written by a program."""
+
+UserTime = Annotated[
+    datetime,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            "maxLength": 64,
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"self >= timestamp('{_EARLIEST}') && self < timestamp('{_LATEST}')",
+                    "message": "must be a time in the years 1970 to 2199, such as "
+                    "2026-11-25T18:00:00Z",
+                }
+            ],
+        }
+    ),
+]
+"""An RFC 3339 timestamp such as `2026-11-25T18:00:00Z`, written by a person."""
 
 ShortText = Annotated[str, Field(max_length=256)]
 Text = Annotated[str, Field(max_length=1024)]
@@ -236,8 +266,10 @@ LINUX_USER = TextRule(
     r"^[a-z_][a-z0-9_-]*[$]?$", "must be a Linux login name such as u248835", 32, 1
 )
 # Compute slices, 'g.', memory, 'gb', optional media extensions.
+# At most 7 compute slices: no GPU has more (A100/H100: 7, A30: 4), and policy
+# counts a slice as slices/7 of a GPU.
 MIG_PROFILE = TextRule(
-    r"^[1-8]g[.][1-9][0-9]{0,2}gb([+](me|gfx|me[.]all|-me))?$",
+    r"^[1-7]g[.][1-9][0-9]{0,2}gb([+](me|gfx|me[.]all|-me))?$",
     "must be a MIG profile such as 1g.10gb, 2g.20gb or 3g.40gb",
     32,
 )

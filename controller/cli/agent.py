@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
+
+from controller.cli import options
 
 
 def _run(args: argparse.Namespace) -> int:
     from controller.agent.main import AgentOptions, run
+    from controller.runtime import logs
 
+    sources = options.resolve(args)  # flags, then $DS01_*, then defaults; exits 2 if bad
+    logs.configure(args.log_level)
+    options.log_effective("ds01.agent", args, sources)
     if args.state_dir is not None:
         args.state_dir.mkdir(parents=True, exist_ok=True)
     return run(
@@ -38,8 +43,14 @@ def _run(args: argparse.Namespace) -> int:
             gateway_socket=args.gateway_socket,
             gateway_admin_group=args.gateway_admin_group,
             gateway_bind_roots=tuple(args.gateway_bind_root or ("{home}",)),
-            gateway_socket_mode=int(args.gateway_socket_mode, 8),
+            gateway_socket_mode=args.gateway_socket_mode,
             gateway_socket_group=args.gateway_socket_group,
+            gateway_devices=tuple(args.gateway_allow_device or ()),
+            gateway_capabilities=tuple(args.gateway_allow_capability)
+            if args.gateway_allow_capability is not None
+            else None,
+            gateway_runtime=args.gateway_runtime,
+            runtime_dir=args.runtime_dir,
             log_level=args.log_level,
         )
     )
@@ -83,32 +94,34 @@ def register(commands: Any) -> None:
         help="key the Docker gateway signs owner labels with (root-only file)",
     )
     parser.add_argument("--state-dir", type=Path, help="state kept across restarts")
-    parser.add_argument("--audit-log", type=Path, default=os.environ.get("DS01_AUDIT_LOG"))
-    parser.add_argument("--metrics-port", type=int)
-    parser.add_argument("--interval", type=float, default=5.0, help="seconds between scans")
+    parser.add_argument("--audit-log", type=Path, help="JSON-lines audit file (default: the log)")
+    parser.add_argument("--metrics-port", type=options.port)
+    # Durations in the project's one syntax (5s, 500ms, 5m, 0), passed on as seconds.
+    parser.add_argument("--interval", type=options.seconds, default="5s", help="between scans")
     parser.add_argument(
         "--enforce-interval",
-        type=float,
-        default=2.0,
-        help="seconds between enforcement passes when nothing triggers one",
+        type=options.seconds,
+        default="2s",
+        help="between enforcement passes when nothing triggers one",
     )
     parser.add_argument(
         "--grace",
-        type=float,
-        default=300.0,
-        help="seconds before GPU use that was never allowed is ended",
+        type=options.seconds,
+        default="5m",
+        help="before GPU use whose right ended without a revocation is ended "
+        "(never-granted use is ended at once)",
     )
     parser.add_argument(
         "--kill-grace",
-        type=float,
-        default=10.0,
-        help="seconds between SIGTERM and SIGKILL for processes outside containers",
+        type=options.seconds,
+        default="10s",
+        help="between SIGTERM and SIGKILL for processes outside containers",
     )
     parser.add_argument(
         "--lifecycle-interval",
-        type=float,
-        default=300.0,
-        help="seconds between idle/runtime checks of GPU containers (0: no lifecycle here)",
+        type=options.seconds,
+        default="5m",
+        help="between idle/runtime checks of GPU containers (0: no lifecycle here)",
     )
     gateway = parser.add_argument_group(
         "Docker gateway",
@@ -130,8 +143,37 @@ def register(commands: Any) -> None:
         "default {home}",
     )
     gateway.add_argument(
-        "--gateway-socket-mode", default="666", help="octal mode of the gateway socket"
+        "--gateway-socket-mode",
+        type=options.octal_mode,
+        default=0o666,
+        help="octal mode of the gateway socket (default 666)",
     )
     gateway.add_argument("--gateway-socket-group", help="group owning the gateway socket")
-    parser.add_argument("--log-level", default=os.environ.get("DS01_LOG_LEVEL", "INFO"))
+    gateway.add_argument(
+        "--gateway-allow-device",
+        action="append",
+        metavar="PATH",
+        help="a host device users may map with --device (repeat; none by default)",
+    )
+    gateway.add_argument(
+        "--gateway-allow-capability",
+        action="append",
+        metavar="CAP",
+        help="a capability users may add (repeat; default: Docker's defaults, IPC_LOCK, SYS_NICE)",
+    )
+    gateway.add_argument(
+        "--gateway-runtime",
+        metavar="NAME",
+        help="the runtime every user container runs under (e.g. the ds01 device-rule wrapper)",
+    )
+    parser.add_argument(
+        "--runtime-dir",
+        type=Path,
+        help="answer the runtime wrapper ds01-runc here (its socket and fail-closed table), "
+        "e.g. /run/ds01-agent",
+    )
+    parser.add_argument(
+        "--log-level", type=options.log_level, default="INFO", help="DEBUG, INFO, WARNING, ERROR"
+    )
     parser.set_defaults(run=_run)
+    options.with_environment(parser)  # keep last: it covers every option added above

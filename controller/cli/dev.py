@@ -4,6 +4,12 @@
 apiserver and the controller-manager on loopback, installs the CRDs, RBAC and
 samples, prints how to reach the cluster, and keeps running until interrupted
 (or returns at once with --detach; `down` stops it from anywhere).
+
+The state directory outlives `down` (etcd's data: grants, accounts, the
+node's GPUNode), and `up` is idempotent over it: it writes as the field
+manager `ds01-dev` (`LocalCluster.apply`), its values win over earlier runs'
+on its own objects, and it never applies a field the operator or the agent
+owns. `up --fresh` starts over from an empty state directory.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,12 +32,15 @@ from controller.api.accountpolicy import POLICY_CONFIGMAP
 from controller.devcluster import agentnode, binaries, dockerd, simnode
 from controller.devcluster.controlplane import (
     ADMIN_USER,
+    ControlPlaneError,
+    KubectlError,
     LocalCluster,
     free_port,
     http_ok,
     stop_recorded,
 )
 from controller.devcluster.process import ManagedProcess, PidFile, wait_until
+from controller.runtime import fieldmanager
 
 
 def default_workdir() -> Path:
@@ -96,6 +106,23 @@ def wait_for_admission(cluster: LocalCluster, deadline_s: float = 60) -> None:
         "gpuAllowanceSource": "probe",
         "gpuInUse": "0",
     }
+    # An earlier `up` deletes its probe namespace without waiting; creating content
+    # in it while it still terminates would be refused.
+    wait_until(
+        lambda: (
+            cluster.kubectl(
+                "get",
+                "namespace",
+                PROBE_NAMESPACE,
+                "--ignore-not-found",
+                "-o=jsonpath={.status.phase}",
+            ).stdout
+            != "Terminating"
+        ),
+        deadline_s,
+        f"an earlier run's namespace {PROBE_NAMESPACE} to be deleted",
+        0.25,
+    )
     for manifest in (
         {
             "apiVersion": "v1",
@@ -109,7 +136,7 @@ def wait_for_admission(cluster: LocalCluster, deadline_s: float = 60) -> None:
             "data": probe_params,
         },
     ):
-        cluster.kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
+        cluster.apply("-f", "-", stdin=json.dumps(manifest))
 
     def pod(name: str, privileged: bool, gpus: int) -> str:
         container = {
@@ -144,7 +171,7 @@ def wait_for_admission(cluster: LocalCluster, deadline_s: float = 60) -> None:
 def install(cluster: LocalCluster, samples: bool = True) -> None:
     """Apply the CRDs, wait until served; RBAC and admission, wait until in force; samples."""
     root = binaries.source_root()
-    cluster.kubectl("apply", "--server-side", "-k", str(root / "crds"))
+    cluster.apply("-k", str(root / "crds"))
     crds = sorted((root / "crds").glob("*.gpu.ds01.io.yaml"))
     cluster.kubectl(
         "wait",
@@ -152,10 +179,10 @@ def install(cluster: LocalCluster, samples: bool = True) -> None:
         "--timeout=60s",
         *(f"crd/{p.name.removesuffix('.yaml')}" for p in crds),
     )
-    cluster.kubectl("apply", "--server-side", "-k", str(root / "manifests" / "core"))
+    cluster.apply("-k", str(root / "manifests" / "core"))
     wait_for_admission(cluster)
     if samples:
-        cluster.kubectl("apply", "--server-side", "-k", str(root / "manifests" / "samples"))
+        cluster.apply("-k", str(root / "manifests" / "samples"))
 
 
 SIMULATED_NODE = "gpu-node-1"
@@ -166,11 +193,12 @@ def add_simulated_node(
 ) -> None:
     """Create a GPUNode and write its status as an agent would (no agent runs locally yet)."""
     body = json.dumps(simnode.gpunode(name, labels))
-    cluster.kubectl("apply", "--server-side", "-f", "-", stdin=body)
+    cluster.apply("-f", "-", stdin=body, force=False)
     cluster.kubectl(
         "patch",
         "gpunode",
         name,
+        f"--field-manager={fieldmanager.DEV}",
         "--subresource=status",
         "--type=merge",
         "-p",
@@ -226,14 +254,26 @@ def _up(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    if args.fresh and (refused := clear_state(workdir)):
+        print(refused, file=sys.stderr)
+        return 1
     started = time.monotonic()
     built = binaries.ensure()
     cluster = LocalCluster(workdir, binaries=built)
-    cluster.start()
     try:
+        cluster.start()
         install(cluster, samples=not args.no_samples)
         node = add_dev_node(cluster, agent=not args.no_agent)
         start_operator(cluster)
+    except (ControlPlaneError, KubectlError, RuntimeError, TimeoutError) as error:
+        cluster.stop()
+        print(
+            f"ds01 dev up failed: {error}\n"
+            f"  logs: {workdir / 'logs'}\n"
+            f"  `ds01 dev up --fresh` starts over from an empty state directory ({workdir})",
+            file=sys.stderr,
+        )
+        return 1
     except BaseException:
         cluster.stop()
         raise
@@ -244,7 +284,8 @@ def _up(args: argparse.Namespace) -> int:
         f"(Kubernetes {built.kubernetes_version}, etcd {built.etcd_version})\n"
         f"  API server:  {cluster.server}\n"
         f"  operator:    running as ServiceAccount ds01-system/ds01-operator\n"
-        f"  GPU node:    {SIMULATED_NODE} (simulated: 8 x A100-80GB, GPUs 0-1 in MIG mode)\n"
+        f"  GPU node:    {SIMULATED_NODE} (simulated: {_gpus(node)} x A100-80GB,"
+        " GPUs 0-1 in MIG mode)\n"
         f"{_node_lines(node)}"
         f"  logs:        {workdir / 'logs'}   audit: {workdir / 'audit.jsonl'}\n\n"
         f"  export KUBECONFIG={shlex.quote(str(cluster.kubeconfig))}\n"
@@ -261,23 +302,58 @@ def _up(args: argparse.Namespace) -> int:
     return _serve(cluster)
 
 
+def clear_state(workdir: Path) -> str | None:
+    """`up --fresh`: delete what earlier runs left in ``workdir``; why not, if refused.
+
+    By default `up` keeps the state (etcd's data: grants, accounts, usage) and
+    is idempotent over it; this is for starting over. Nothing may run there,
+    and nothing may be mounted below it (a dockerd that did not stop cleanly
+    leaves its container filesystems mounted).
+    """
+    if any(p.alive() for p in PidFile(workdir / "pids.json").read()):
+        return f"a local cluster is running in {workdir}; `ds01 dev down` first"
+    resolved = workdir.resolve()
+    mounts = Path("/proc/self/mounts").read_text().splitlines()
+    below = [m.split()[1] for m in mounts if Path(m.split()[1]).is_relative_to(resolved)]
+    if below:
+        return f"not deleting {workdir}: mounted below it: {', '.join(below)}"
+    if workdir.exists():
+        shutil.rmtree(workdir)
+        print(f"deleted the earlier state in {workdir}")
+    return None
+
+
 def _node_lines(node: agentnode.AgentNode | str) -> str:
     if isinstance(node, str):
-        return f"  no agent:    {node} (so {SIMULATED_NODE}'s status is written once, unenforced)\n"
+        return (
+            f"  no agent:    {node}\n"
+            f"               so {SIMULATED_NODE} runs WITHOUT enforcement: its status is written"
+            " once and no kernel rule is applied\n"
+        )
     return (
         f"  node agent:  `ds01 agent` as ServiceAccount ds01-system/ds01-agent, enforcing"
         f" (fake NVML; log {node.log}, audit {node.audit_log})\n"
-        f"  docker:      {node.docker_host} (the node's own dockerd; image {dockerd.IMAGE})\n"
+        f"  docker:      {node.gateway_host} (the Docker gateway: users' docker CLI; root and"
+        " admins pass through)\n"
+        f"               {node.docker_host} (the node's own dockerd, root only; image"
+        f" {dockerd.IMAGE})\n"
         f"  GPU devices: {node.dev_root}/nvidia<minor>\n"
     )
+
+
+def _gpus(node: agentnode.AgentNode | str) -> int:
+    return len(simnode.inventory(SIMULATED_NODE)) if isinstance(node, str) else node.gpus
 
 
 def _node_exports(node: agentnode.AgentNode | str) -> str:
     if isinstance(node, str):
         return ""
     return (
-        f"  export DOCKER_HOST={shlex.quote(node.docker_host)}   # the GPU node's dockerd\n"
+        f"  export DOCKER_HOST={shlex.quote(node.gateway_host)}   # the node's Docker gateway\n"
+        f"  export DS01_ENGINE={shlex.quote(node.docker_host)}   # its dockerd (root only)\n"
         f"  export DS01_GPU_DEV={shlex.quote(str(node.dev_root))}   # its device nodes\n"
+        "  # a user's docker CLI: runuser -u <login> -- env DOCKER_HOST=$DOCKER_HOST docker ...\n"
+        "  # (a Linux login named in an account's gpu.ds01.io/linux-user; README walk-through)\n"
     )
 
 
@@ -347,6 +423,11 @@ def register(commands: Any) -> None:
     up = sub.add_parser("up", help="build if needed, start, install CRDs, RBAC and samples")
     up.add_argument("--no-samples", action="store_true", help="install CRDs and RBAC only")
     up.add_argument("--detach", action="store_true", help="return once up; `down` stops it")
+    up.add_argument(
+        "--fresh",
+        action="store_true",
+        help="delete the state of earlier runs first (cluster data, the node's containers)",
+    )
     up.add_argument(
         "--no-agent",
         action="store_true",

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from controller import __version__
-from controller.cli import agent, crds, dev, operator
+from controller.cli import agent, crds, dev, ds01, operator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     crds.register(commands)
     operator.register(commands)
     agent.register(commands)
+    ds01.register(commands, parser)
     return parser
 
 

@@ -3,30 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
-from controller.policy.units import parse_duration
-
-
-def _duration(text: str) -> Any:
-    try:
-        return parse_duration(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _positive_duration(text: str) -> Any:
-    value = _duration(text)
-    if not value:
-        raise argparse.ArgumentTypeError(f"{text!r} must be longer than 0s")
-    return value
+from controller.cli import options
+from controller.cli.options import duration as _duration
+from controller.cli.options import positive_duration as _positive_duration
 
 
 def _run(args: argparse.Namespace) -> int:
     from controller.operator.main import OperatorOptions, run
+    from controller.runtime import logs
 
+    sources = options.resolve(args)  # flags, then $DS01_*, then defaults; exits 2 if bad
+    logs.configure(args.log_level)
+    options.log_effective("ds01.operator", args, sources)
     return run(
         OperatorOptions(
             kubeconfig=args.kubeconfig,
@@ -43,6 +34,11 @@ def _run(args: argparse.Namespace) -> int:
             alert_cooldown=args.alert_cooldown,
             lifecycle_interval=args.lifecycle_interval,
             report_max_age=args.report_max_age,
+            finished_grant_retention=args.finished_grant_retention,
+            pod_security_enforce=args.pod_security_enforce,
+            pod_security_warn=args.pod_security_warn,
+            usage_interval=args.usage_interval,
+            usage_retention=args.usage_retention,
         )
     )
 
@@ -51,16 +47,17 @@ def register(commands: Any) -> None:
     parser = commands.add_parser("operator", help="run the operator")
     parser.add_argument("--kubeconfig", type=Path, help="default: in-cluster, else $KUBECONFIG")
     parser.add_argument(
-        "--audit-log",
-        type=Path,
-        default=os.environ.get("DS01_AUDIT_LOG"),
-        help="JSON-lines audit file (default: $DS01_AUDIT_LOG, else to the log)",
+        "--audit-log", type=Path, help="JSON-lines audit file (default: to the log)"
     )
-    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    parser.add_argument(
+        "--metrics-port", type=options.port, help="serve Prometheus metrics on this port"
+    )
     parser.add_argument(
         "--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz"
     )
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--log-level", type=options.log_level, default="INFO", help="DEBUG, INFO, WARNING, ERROR"
+    )
     parser.add_argument(
         "--default-enforcement",
         choices=["Enforce", "Audit", "Off"],
@@ -116,4 +113,37 @@ def register(commands: Any) -> None:
         default="5m",
         help="GPU pods on a node whose agent has not reported for this long are not judged",
     )
+    parser.add_argument(
+        "--pod-security-enforce",
+        choices=["baseline", "restricted"],
+        default="baseline",
+        help="Pod Security Admission level kept on account namespaces (an admin's "
+        "gpu.ds01.io/pod-security annotation chooses another for one account)",
+    )
+    parser.add_argument(
+        "--pod-security-warn",
+        choices=["privileged", "baseline", "restricted"],
+        default="restricted",
+        help="Pod Security Admission level users are warned about and the audit log notes",
+    )
+    parser.add_argument(
+        "--finished-grant-retention",
+        type=options.duration_or_unlimited,
+        default="720h",
+        help="delete grants this long after they expired, were revoked or denied (their "
+        "record stays in the audit log); Unlimited keeps them",
+    )
+    parser.add_argument(
+        "--usage-interval",
+        type=_duration,
+        default="15s",
+        help="between looks at every account's use for the usage history (0s: no history)",
+    )
+    parser.add_argument(
+        "--usage-retention",
+        type=_positive_duration,
+        default="9600h",
+        help="how long the usage history is kept (default 400 days)",
+    )
     parser.set_defaults(run=_run)
+    options.with_environment(parser)  # keep last: it covers every option added above

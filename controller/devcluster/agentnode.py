@@ -7,10 +7,12 @@ apply a grant, start a container and see the kernel open the GPU, then close
 it again when the grant ends.
 
 The node is DS01's kind of server, as `simnode` describes it: 8 x
-A100-SXM4-80GB on NVSwitch, GPUs 0 and 1 in MIG mode. Its "GPUs" are
-openable misc devices (fuse, loop-control, tun, ...; see `fakegpu.devtree`),
-because a device cgroup can only be shown to refuse an open that would
-otherwise succeed. Everything lives under ``<workdir>/node`` except the
+A100-SXM4-80GB on NVSwitch, GPUs 0 and 1 in MIG mode (fewer boards, at least
+4, on a host with fewer devices to hold). Its "GPUs" are misc devices of this
+host's kernel that are harmless to hold open (fuse, loop-control, kvm, ...;
+chosen at run time by `fakegpu.holdable`), because a device cgroup can only be
+shown to refuse an open that would otherwise succeed, and revocation to end a
+process that holds one. Everything lives under ``<workdir>/node`` except the
 engine's sockets (`Dockerd.run_dir`), and every process is spawned through
 the cluster, so `ds01 dev down` stops it.
 """
@@ -40,13 +42,11 @@ from controller.devcluster.fakegpu import (
     build,
     packed,
 )
-from controller.devcluster.fakegpu.devtree import (
-    OPENABLE_MISC_MINORS,
-    make_devtree,
-    missing_misc_minors,
-)
+from controller.devcluster.fakegpu.devtree import make_devtree
+from controller.devcluster.fakegpu.holdable import gpu_minors, unsuitable_reason
 from controller.devcluster.process import wait_until
 from controller.policy.nodes import ENFORCEMENT_LABEL
+from controller.runtime import runcfront
 
 AGENT_NAMESPACE = "ds01-system"
 AGENT_ACCOUNT = "ds01-agent"
@@ -57,7 +57,9 @@ def unmet_requirements(cgroup_root: Path = Path("/sys/fs/cgroup")) -> list[str]:
 
     Root makes device nodes, cgroups and a dockerd; kernel enforcement is
     written for the cgroup v1 devices controller (v2 is issue 6); gcc builds
-    the fake NVML; the engine needs docker.io and busybox-static.
+    the fake NVML; the engine needs docker.io and busybox-static; the GPUs
+    need misc devices to hold (`fakegpu.holdable`). `scripts/host-packages
+    --install` installs the packages.
     """
     unmet = []
     if os.geteuid() != 0:
@@ -68,16 +70,17 @@ def unmet_requirements(cgroup_root: Path = Path("/sys/fs/cgroup")) -> list[str]:
     if shutil.which("gcc") is None:
         tools.append("gcc")
     if tools:
-        unmet.append(", ".join(tools))
-    if absent := missing_misc_minors():
-        unmet.append("misc devices " + ", ".join(f"10:{m}" for m in absent))
+        unmet.append(", ".join(tools) + " (as root, `scripts/host-packages --install` adds them)")
+    if reason := unsuitable_reason():
+        unmet.append(reason)
     return unmet
 
 
 def topology() -> Topology:
-    """`simnode`'s node for the fake NVML: same boards and MIG layout, openable minors."""
+    """`simnode`'s node for the fake NVML: same boards and MIG layout, one GPU per
+    holdable device of this host (8 where it has them)."""
     layout = packed(A100_SXM4_80GB, simnode.MIG_LAYOUT)
-    return a100_node(model=A100_SXM4_80GB, minors=OPENABLE_MISC_MINORS, mig={0: layout, 1: layout})
+    return a100_node(model=A100_SXM4_80GB, minors=gpu_minors(), mig={0: layout, 1: layout})
 
 
 def run_dir(workdir: Path) -> Path:
@@ -112,7 +115,7 @@ def agent_kubeconfig(cluster: LocalCluster, node: str, duration: str = "168h") -
             "containers": [{"name": "agent", "image": "ds01-controller:dev"}],
         },
     }
-    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
+    cluster.apply("-f", "-", stdin=json.dumps(manifest))
     token = cluster.kubectl(
         "create",
         "token",
@@ -129,14 +132,11 @@ def agent_kubeconfig(cluster: LocalCluster, node: str, duration: str = "168h") -
 def gateway_key(path: Path) -> Path:
     """A root-only key for the Docker gateway's owner labels, made once per state directory.
 
-    No gateway runs here yet (issue 7), so no container carries a signed label
-    and the agent gives a container exactly the GPUs its owner (found by the
-    process UID) has reserved by grants. Without a key the agent would take a
-    mapped device node as the container's allocation, as on a plain Docker host
-    where everyone with the engine's socket is root anyway: then a grant's end
-    would close the GPU only after its revocation grace, and a container with
-    no grant at all could open any GPU it maps. The walk-through shows the model
-    the gateway brings.
+    The node's agent serves the gateway (`gateway_socket`): users' containers
+    are created through it and carry labels signed with this key. Containers
+    created on the engine's own socket (root) carry none, and the agent gives
+    such a container exactly the GPUs its owner (found by the process UID) has
+    reserved by grants.
     """
     if not path.exists():
         path.touch(mode=0o600)
@@ -144,15 +144,24 @@ def gateway_key(path: Path) -> Path:
     return path
 
 
+def gateway_socket(workdir: Path) -> Path:
+    """The Docker gateway's socket: what users' docker CLI talks to (short path, world-usable)."""
+    return run_dir(workdir) / "gateway.sock"
+
+
 @dataclass(frozen=True)
 class AgentNode:
-    """What a person needs to use the node: its engine, device nodes and logs."""
+    """What a person needs to use the node: its gateway and engine, device nodes and logs."""
 
     name: str
     docker_host: str
+    """The engine's own socket (root only)."""
+    gateway_host: str
+    """The Docker gateway users talk to (root passes through it unchanged)."""
     dev_root: Path
     audit_log: Path
     log: Path
+    gpus: int
 
     def gpu_path(self, minor: int) -> Path:
         """The host device node of the GPU with this minor (`status.devices[].device.minor`)."""
@@ -166,7 +175,7 @@ def start(cluster: LocalCluster, name: str, deadline_s: float = 120) -> AgentNod
     # Created by the admin, labelled Enforce: the operator then writes an enforcing
     # spec for this node only, whatever --default-enforcement says.
     gpunode = simnode.gpunode(name, {ENFORCEMENT_LABEL: "Enforce"})
-    cluster.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(gpunode))
+    cluster.apply("-f", "-", stdin=json.dumps(gpunode), force=False)
 
     engine = dockerd.Dockerd(root / "docker", run_dir(cluster.workdir))
     engine.start(lambda argv: cluster.spawn("dockerd", argv, stop_grace_s=dockerd.STOP_GRACE_S))
@@ -195,6 +204,9 @@ def start(cluster: LocalCluster, name: str, deadline_s: float = 120) -> AgentNod
             f"--dev-root={tree.dev_root}",
             f"--docker-socket={engine.socket}",
             f"--gateway-key={key}",
+            f"--gateway-socket={gateway_socket(cluster.workdir)}",
+            f"--gateway-runtime={runcfront.NAME}",
+            f"--runtime-dir={engine.runtime_dir}",
             f"--state-dir={root / 'state'}",
             f"--audit-log={audit}",
         ],
@@ -207,7 +219,15 @@ def start(cluster: LocalCluster, name: str, deadline_s: float = 120) -> AgentNod
         return _reported_since(_status(cluster, name), started)
 
     wait_until(reported, deadline_s, f"the agent on {name} to report its GPUs", 0.25)
-    return AgentNode(name, engine.host, tree.dev_root, audit, process.log)
+    return AgentNode(
+        name,
+        engine.host,
+        f"unix://{gateway_socket(cluster.workdir)}",
+        tree.dev_root,
+        audit,
+        process.log,
+        len(topology().gpus),
+    )
 
 
 def _status(cluster: LocalCluster, name: str) -> dict[str, Any]:
@@ -219,7 +239,7 @@ def _status(cluster: LocalCluster, name: str) -> dict[str, Any]:
 
 
 def _reported_since(status: dict[str, Any], started: datetime) -> bool:
-    """This agent's report: its version, all 8 GPUs, a heartbeat from after it started.
+    """This agent's report: its version, all its GPUs, a heartbeat from after it started.
 
     The heartbeat matters because etcd's data outlives `ds01 dev down`: the
     status an earlier run's agent wrote is still there.
@@ -228,7 +248,7 @@ def _reported_since(status: dict[str, Any], started: datetime) -> bool:
     heartbeat = agent.get("heartbeatTime")
     return (
         agent.get("version") == __version__
-        and status.get("gpus") == len(OPENABLE_MISC_MINORS)
+        and status.get("gpus") == len(gpu_minors())
         and heartbeat is not None
         and datetime.fromisoformat(heartbeat) >= started
     )

@@ -29,6 +29,7 @@ from controller.devcluster import binaries as binaries_module
 from controller.devcluster.kubeconfig import write_kubeconfig
 from controller.devcluster.pki import CertificateAuthority, KeyPair, service_account_keys
 from controller.devcluster.process import ManagedProcess, PidFile, spawn, wait_until
+from controller.runtime import fieldmanager
 
 DEFAULT_CONTROLLERS = (
     "resourcequota-controller",
@@ -187,6 +188,28 @@ class LocalCluster:
         if check and result.returncode != 0:
             raise KubectlError(result.returncode, result.args, result.stdout, result.stderr)
         return result
+
+    def apply(
+        self, *source: str, stdin: str | None = None, force: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Server-side apply ``source`` (`-k DIR`, `-f -`) as field manager `ds01-dev`.
+
+        What `ds01 dev up` applies (CRDs, RBAC, samples) is its own, so with
+        ``force`` its values win a conflict with an edit or with an earlier run's
+        manager (`kubectl`, before managers were named): `up` then succeeds over
+        any earlier state. Objects that other components write too (a GPUNode:
+        its spec is the operator's) are applied without ``force``, so that
+        claiming one of their fields is a loud conflict, never a silent overwrite.
+        """
+        forcing = ("--force-conflicts",) if force else ()
+        return self.kubectl(
+            "apply",
+            "--server-side",
+            f"--field-manager={fieldmanager.DEV}",
+            *forcing,
+            *source,
+            stdin=stdin,
+        )
 
     # -- start-up ------------------------------------------------------------
 

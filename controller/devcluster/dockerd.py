@@ -5,7 +5,8 @@ never touches the host's engine: its own data root, exec root, socket and pid
 file, no iptables and no bridge (containers use `--network none`). There is
 no image registry on the development machines, so the one image is built
 locally: a root filesystem holding Debian's static busybox, imported with
-`docker import`.
+`docker import`. Its default runtime is `ds01-runc` (as on a DS01 host, see
+`controller.runtime.runcfront`), asking the agent that serves `runtime_dir`.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import controller
 from controller.devcluster.process import ManagedProcess, spawn, wait_until
+from controller.runtime import runcfront
 
 IMAGE = "ds01-busybox:local"
 BUSYBOX_APPLETS = ("sh", "sleep", "cat", "ls", "echo", "head", "dd", "true", "id")
@@ -65,11 +69,37 @@ class Dockerd:
     so that must be short wherever the state directory is.
     """
 
-    def __init__(self, root: Path, run_dir: Path | None = None) -> None:
+    def __init__(self, root: Path, run_dir: Path | None = None, *, wrapper: bool = True) -> None:
         self.root = root
         self.run_dir = run_dir or root
         self.socket = self.run_dir / "docker.sock"
+        self.wrapper = wrapper
+        """Run containers under `ds01-runc` by default (False: plain runc)."""
         self.process: ManagedProcess | None = None
+
+    @property
+    def runtime_dir(self) -> Path:
+        """Where the wrapper asks the agent (`ds01 agent --runtime-dir`); short, for the socket."""
+        return self.run_dir / "ds01-runtime"
+
+    def _runtime_args(self) -> list[str]:
+        """Register `ds01-runc` (its front written next to the socket) as the default runtime."""
+        if not self.wrapper:
+            return []
+        runc = shutil.which("runc")
+        if runc is None:
+            raise RuntimeError("runc not found: install Debian's docker.io (.ci/run does)")
+        front = self.run_dir / runcfront.NAME
+        front.write_text(
+            runcfront.front_script(
+                python=sys.executable,
+                package_root=str(Path(controller.__file__).resolve().parent.parent),
+                runtime_dir=str(self.runtime_dir),
+                runc=runc,
+            )
+        )
+        front.chmod(0o755)
+        return [f"--add-runtime={runcfront.NAME}={front}", f"--default-runtime={runcfront.NAME}"]
 
     @property
     def host(self) -> str:
@@ -90,6 +120,7 @@ class Dockerd:
             "--iptables=false",
             "--bridge=none",
             "--log-level=warn",
+            *self._runtime_args(),
         ]
 
     def start(self, launch: Launcher | None = None, deadline_s: float = 60) -> ManagedProcess:

@@ -71,12 +71,17 @@ def inventory(
 
 
 def gpunode(node: str, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The GPUNode object to create (spec is the operator's to fill)."""
+    """The GPUNode object to apply: name and labels only.
+
+    The spec is the operator's to fill (the CRD defaults `enforcement` to Audit
+    until it does). Applying no spec field keeps a re-apply by `ds01 dev up`
+    from ever conflicting with the operator's writes to it.
+    """
     return {
         "apiVersion": "gpu.ds01.io/v1alpha1",
         "kind": "GPUNode",
         "metadata": {"name": node, "labels": {"gpu.ds01.io/simulated": "true", **(labels or {})}},
-        "spec": {"enforcement": "Audit"},
+        "spec": {},
     }
 
 

@@ -1,4 +1,5 @@
-"""Writes each account's ResourceQuota, LimitRange and policy ConfigMap, and removes orphans.
+"""Writes each account's ResourceQuota, LimitRange, policy ConfigMap and Pod Security labels,
+and removes orphans.
 
 Only what differs from the stored object is written. Quantities are compared
 as numbers (the apiserver rewrites ``0.5`` as ``500m``). The policy ConfigMap
@@ -70,6 +71,20 @@ def account_jobs(
         jobs += _quota(core, call, decided, stored.get(("ResourceQuota", namespace)))
         jobs += _limit_range(core, call, decided, stored.get(("LimitRange", namespace)))
         jobs += _policy(core, call, decided, stored.get(("ConfigMap", namespace)))
+    for namespace, labels in sorted(plan.pod_security.items()):
+        # Pod Security Admission's labels (ds01-account-labels lets only the
+        # operator and admins change them on accounts).
+        jobs.append(
+            (
+                f"namespace:{namespace}",
+                call(
+                    "namespace/pod-security",
+                    core.patch_namespace,
+                    namespace,
+                    {"metadata": {"labels": labels}},
+                ),
+            )
+        )
     for orphan in plan.orphans:
         delete = {
             "ResourceQuota": core.delete_namespaced_resource_quota,

@@ -24,9 +24,11 @@ from controller.api.base import GROUP, VERSION
 from controller.api.kinds import GPUExemption, GPUGrant, GPUNode, GPURateLimit
 from controller.operator.lifecycle import PodLifecycle
 from controller.operator.reconciler import Reconciler
+from controller.operator.usagehistory import UsageRecorder
 from controller.policy.accounts import Stored, StoredKind
 from controller.policy.plan import Namespace
 from controller.policy.pods import Pod, parse_pod
+from controller.policy.usagehistory import MONTH_LABEL as USAGE_MONTH_LABEL
 
 log = structlog.get_logger("ds01.operator")
 
@@ -85,10 +87,12 @@ def register(
     reconciler: Reconciler,
     kubeconfig: Path | None = None,
     lifecycle: PodLifecycle | None = None,
+    usage: UsageRecorder | None = None,
 ) -> None:
     """Register the handlers of one operator instance on ``registry``.
 
-    With ``lifecycle``, its checks of GPU pods run beside the reconciler.
+    With ``lifecycle``, its checks of GPU pods run beside the reconciler; with
+    ``usage``, so does the usage history.
 
     With ``kubeconfig``, kopf authenticates from that file only (not from
     whatever $KUBECONFIG the process inherited); without, in-cluster or default.
@@ -100,10 +104,12 @@ def register(
         memo["task"] = asyncio.create_task(reconciler.run(), name="ds01-reconciler")
         if lifecycle is not None:
             memo["lifecycle"] = asyncio.create_task(lifecycle.run(), name="ds01-lifecycle")
+        if usage is not None:
+            memo["usage"] = asyncio.create_task(usage.run(), name="ds01-usage-history")
 
     @kopf.on.cleanup(registry=registry)
     async def stop(memo: kopf.Memo, **_: Any) -> None:
-        for name in ("task", "lifecycle"):
+        for name in ("task", "lifecycle", "usage"):
             task = memo.get(name)
             if task is not None:
                 task.cancel()
@@ -146,12 +152,15 @@ def register(
         return index
 
     owned = {MANAGED_BY_LABEL: MANAGED_BY}
+    # The usage history (a ConfigMap per account and month, a year of them) is
+    # the operator's too, but written by the UsageRecorder and never indexed.
+    not_history: dict[str, Any] = {**owned, USAGE_MONTH_LABEL: kopf.ABSENT}
     for plural, kind, field in (
         ("resourcequotas", "ResourceQuota", "spec"),
         ("limitranges", "LimitRange", "spec"),
         ("configmaps", "ConfigMap", "data"),
     ):
-        kopf.index(plural, registry=registry, id=f"{plural}_index", labels=owned)(
+        kopf.index(plural, registry=registry, id=f"{plural}_index", labels=not_history)(
             managed(kind, field)  # type: ignore[arg-type]
         )
 

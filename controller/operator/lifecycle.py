@@ -72,6 +72,8 @@ class PodLifecycle:
         self.report_max_age = report_max_age
         self.clock = clock
         self._written: dict[str, _Written] = {}
+        self.on_stop: Callable[[PodStep, datetime], None] | None = None
+        """Told of every stop (the usage history charges reaped idle time)."""
 
     async def run(self) -> None:
         """Check forever; cancelled by the operator's shutdown."""
@@ -114,6 +116,8 @@ class PodLifecycle:
             stopped = await self._stop(pod, step.stop_grace)
             audit = tuple(replace(r, details={**r.details, "stopped": stopped}) for r in audit)
             log.info("stopped a GPU workload", pod=f"{pod.namespace}/{pod.name}", stopped=stopped)
+            if self.on_stop is not None:
+                self.on_stop(step, self.clock())
         await self.writer.announce(step.events, audit, set())
 
     async def _read_owner(self, pod: Pod, ref: OwnerRef) -> OwnerRef | None:

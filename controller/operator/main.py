@@ -16,11 +16,13 @@ from controller.api.node import EnforcementMode
 from controller.operator.handlers import register
 from controller.operator.lifecycle import PodLifecycle
 from controller.operator.reconciler import Reconciler
+from controller.operator.usagehistory import UsageRecorder
 from controller.operator.writer import Writer
-from controller.policy.accounts import AccountSettings
+from controller.policy.accounts import AccountSettings, PodSecurityLevel
 from controller.policy.grants import GrantSettings
 from controller.policy.plan import Settings
-from controller.runtime import logs
+from controller.policy.retention import DEFAULT_RETENTION
+from controller.runtime import fieldmanager, logs
 from controller.runtime.audit import AuditLog
 
 log = structlog.get_logger("ds01.operator")
@@ -46,16 +48,26 @@ class OperatorOptions:
     """Between idle/runtime checks of GPU pods; zero turns the pod lifecycle off."""
     report_max_age: timedelta = timedelta(minutes=5)
     """A node whose agent has not reported for this long is not judged (its data is stale)."""
+    finished_grant_retention: timedelta | None = DEFAULT_RETENTION
+    """How long ended grants are kept before they are deleted; None keeps them."""
+    pod_security_enforce: PodSecurityLevel = "baseline"
+    """Pod Security Admission level kept on account namespaces."""
+    pod_security_warn: PodSecurityLevel = "restricted"
+    usage_interval: timedelta = timedelta(seconds=15)
+    """Between looks at what every account uses, for the usage history; zero turns it off."""
+    usage_retention: timedelta = timedelta(days=400)
+    """How long the usage history is kept."""
 
 
 def api_client(kubeconfig: Path | None) -> client.ApiClient:
-    """A client from the kubeconfig, or the pod's ServiceAccount when there is none."""
+    """A client from the kubeconfig, or the pod's ServiceAccount when there is none;
+    its writes are recorded under the field manager `ds01-operator`."""
     if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
         config.load_incluster_config()
-        return client.ApiClient()
+        return fieldmanager.name_writes(client.ApiClient(), fieldmanager.OPERATOR)
     path = str(kubeconfig) if kubeconfig else None
     api: client.ApiClient = config.new_client_from_config(config_file=path)
-    return api
+    return fieldmanager.name_writes(api, fieldmanager.OPERATOR)
 
 
 def run(options: OperatorOptions) -> int:
@@ -68,10 +80,13 @@ def run(options: OperatorOptions) -> int:
             operator_user=options.operator_user,
         ),
         default_enforcement=options.default_enforcement,
+        finished_grant_retention=options.finished_grant_retention,
         accounts=AccountSettings(
             budget_bucket=options.budget_bucket,
             starts_window=options.workload_starts_window,
             alert_cooldown=options.alert_cooldown,
+            pod_security_enforce=options.pod_security_enforce,
+            pod_security_warn=options.pod_security_warn,
         ),
     )
     audit = AuditLog(options.audit_log, source="ds01-operator")
@@ -87,8 +102,15 @@ def run(options: OperatorOptions) -> int:
             options.lifecycle_interval,
             report_max_age=options.report_max_age,
         )
+    usage = None
+    if options.usage_interval:
+        usage = UsageRecorder(
+            api, reconciler, options.usage_interval, retention=options.usage_retention
+        )
+        if lifecycle is not None:
+            lifecycle.on_stop = usage.reaped
     registry = kopf.OperatorRegistry()
-    register(registry, reconciler, options.kubeconfig, lifecycle)
+    register(registry, reconciler, options.kubeconfig, lifecycle, usage)
     if options.metrics_port is not None:
         start_http_server(options.metrics_port)
     log.info(

@@ -22,3 +22,11 @@ IN_USE = Gauge(
     "ds01_gpu_equivalents_in_use", "GPU-equivalents in use per subject (agent reports)", ["subject"]
 )
 DENIALS = Counter("ds01_denials_total", "Grant requests refused, by reason", ["reason"])
+OBJECTS_FAILED = Gauge(
+    "ds01_operator_objects_failed",
+    "Objects set aside because they could not be decided (Ready=False Invalid/Error)",
+    ["kind"],
+)
+GRANTS_DELETED = Counter(
+    "ds01_operator_grants_deleted_total", "Ended grants deleted by the retention policy"
+)

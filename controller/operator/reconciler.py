@@ -23,6 +23,7 @@ import structlog
 from controller.operator import metrics
 from controller.operator.writer import Writer
 from controller.policy.plan import DecisionCache, Namespace, Plan, Settings, Snapshot, plan
+from controller.policy.records import EventRecord
 
 log = structlog.get_logger("ds01.operator")
 
@@ -65,6 +66,8 @@ class Reconciler:
         self._ready = asyncio.Event()
         self.cache = DecisionCache()
         self.passes = 0
+        self._failing: dict[str, str] = {}
+        """Objects set aside in the last pass (key -> message), to log each change once."""
 
     def poke(self, indexes: Mapping[str, Any]) -> None:
         """Called by every watch event; the first call hands over kopf's indexes.
@@ -121,6 +124,7 @@ class Reconciler:
             now = self.clock()
             decided = plan(snapshot, now, self.settings, self.cache)
             failed = await self.writer.apply(decided, snapshot)
+            await self.writer.announce(self._failures(decided), (), set())
             self._observe(decided)
         except Exception:  # one bad pass must not stop the loop; the next one retries
             metrics.RECONCILE_ERRORS.inc()
@@ -134,6 +138,34 @@ class Reconciler:
             retry = now + timedelta(seconds=1)
             return min(retry, decided.wake_at) if decided.wake_at else retry
         return decided.wake_at
+
+    def _failures(self, decided: Plan) -> list[EventRecord]:
+        """Log objects newly set aside (or whose failure changed) and those decided again.
+
+        Grants, exemptions and limits carry their failure in their Ready condition and
+        get their Event from the plan; nodes and accounts have no status of the
+        operator's, so their Event is posted here, once per change of failure.
+        """
+        now = {f.key: f for f in decided.failures}
+        events = []
+        for key, found in now.items():
+            if self._failing.get(key) == found.message:
+                continue
+            log.warning(
+                "object set aside: cannot be decided",
+                object=key,
+                reason=found.reason,
+                message=found.message,
+            )
+            if found.about.kind not in ("GPUGrant", "GPUExemption", "GPURateLimit"):
+                events.append(EventRecord(found.about, found.reason, found.message, "Warning"))
+        for key in self._failing.keys() - now.keys():
+            log.info("object decided again", object=key)
+        self._failing = {key: found.message for key, found in now.items()}
+        kinds = Counter(f.about.kind for f in decided.failures)
+        for kind in ("GPUGrant", "GPUExemption", "GPURateLimit", "GPUNode", "ConfigMap"):
+            metrics.OBJECTS_FAILED.labels(kind=kind).set(kinds.get(kind, 0))
+        return events
 
     def _observe(self, decided: Plan) -> None:
         states = Counter(s.state for s in decided.grant_status.values())

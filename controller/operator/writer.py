@@ -35,6 +35,10 @@ from controller.policy.records import AuditRecord, EventRecord
 from controller.runtime.audit import AuditLog
 
 FINALIZER = f"{GROUP}/revocation"
+_RELEASABLE = ("Revoked", "Expired", "Denied", "Invalid", "Pending")
+"""States in which a deleted grant holds nothing on nodes any more, so its finalizer may go:
+a deleted grant that was live is decided Revoked (its node entries are replaced by a
+revocation first); one that had ended or was never approved holds nothing."""
 COMPONENT = "ds01-operator"
 log = structlog.get_logger("ds01.operator.writer")
 
@@ -117,6 +121,7 @@ class Writer:
                     )
                 )
         jobs += account_jobs(self.core, self.call, plan, snapshot)
+        jobs += [(key, self._delete_grant(grants[key])) for key in plan.deletions]
         results = await asyncio.gather(*(job for _, job in jobs))
         failed |= {key for (key, _), ok in zip(jobs, results, strict=True) if not ok}
 
@@ -128,11 +133,37 @@ class Writer:
             and FINALIZER in grant.metadata.finalizers
             and nodes_written
             and key not in failed
-            and plan.grant_status[key].state == "Revoked"
+            and plan.grant_status[key].state in _RELEASABLE
         ]
         await asyncio.gather(*releases)
         await self.announce(plan.events, plan.audit, failed)
         return failed
+
+    async def _delete_grant(self, grant: GPUGrant) -> bool:
+        """Delete an ended grant, only as it was judged (uid and resourceVersion preconditions).
+
+        A reserving grant carries our finalizer: the deletion only marks it, and the
+        next pass releases the finalizer (its state is ended) and the object goes.
+        """
+        meta = grant.metadata
+        options = client.V1DeleteOptions(
+            preconditions=client.V1Preconditions(
+                uid=meta.uid, resource_version=meta.resource_version
+            )
+        )
+        deleted = await self.call(
+            "gpugrant/delete",
+            self.custom.delete_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            meta.namespace,
+            "gpugrants",
+            meta.name,
+            body=options,
+        )
+        if deleted:
+            metrics.GRANTS_DELETED.inc()
+        return deleted
 
     def _status_job(
         self, obj: GPUExemption | GPURateLimit, desired: dict[str, Any], plural: str

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from fractions import Fraction
 from typing import Any, Literal
 
-from controller.api.account import Account
+from controller.api.account import ANNOTATION_POD_SECURITY, Account
 from controller.api.accountpolicy import (
     LIMIT_RANGE_NAME,
     POLICY_CONFIGMAP,
@@ -51,12 +51,22 @@ from controller.policy.units import (
 )
 
 StoredKind = Literal["ResourceQuota", "LimitRange", "ConfigMap"]
+PodSecurityLevel = Literal["privileged", "baseline", "restricted"]
+POD_SECURITY_LEVELS: tuple[PodSecurityLevel, ...] = ("privileged", "baseline", "restricted")
+POD_SECURITY_PREFIX = "pod-security.kubernetes.io/"
+"""Pod Security Admission's namespace labels: ``<mode>`` and ``<mode>-version``."""
 
 
 @dataclass(frozen=True)
 class AccountSettings:
-    """Operator-wide settings of quotas, budgets, rates and alerts."""
+    """Operator-wide settings of quotas, budgets, rates, alerts and pod security."""
 
+    pod_security_enforce: PodSecurityLevel = "baseline"
+    """Pod Security Admission level enforced in account namespaces. Not ``restricted``
+    by default: it demands non-root users and dropping every capability, which most
+    CUDA images do not do (docs/security.md)."""
+    pod_security_warn: PodSecurityLevel = "restricted"
+    """Level users are warned about and the apiserver's audit log annotated with."""
     budget_bucket: timedelta = timedelta(hours=1)
     """Length of one budget bucket; the budget window is counted in whole buckets."""
     starts_window: timedelta = timedelta(hours=1)
@@ -431,3 +441,34 @@ def _transitions(
 
 def _kind(status: bool) -> Literal["Normal", "Warning"]:
     return "Warning" if status else "Normal"
+
+
+def pod_security_labels(
+    annotations: Mapping[str, str], settings: AccountSettings
+) -> dict[str, str]:
+    """The Pod Security Admission labels an account namespace must carry.
+
+    Enforce the operator's level, or the one an admin chose for this account
+    (annotation gpu.ds01.io/pod-security; a value that is not a level is
+    ignored, so a typo never weakens an account). Warn and audit at the warning
+    level. Versions are pinned to ``latest``: an older version checks less.
+    """
+    chosen = annotations.get(ANNOTATION_POD_SECURITY, "").strip()
+    enforce: str = chosen if chosen in POD_SECURITY_LEVELS else settings.pod_security_enforce
+    labels: dict[str, str] = {}
+    for mode, level in (
+        ("enforce", enforce),
+        ("warn", settings.pod_security_warn),
+        ("audit", settings.pod_security_warn),
+    ):
+        labels[f"{POD_SECURITY_PREFIX}{mode}"] = level
+        labels[f"{POD_SECURITY_PREFIX}{mode}-version"] = "latest"
+    return labels
+
+
+def pod_security_patch(
+    labels: Mapping[str, str], annotations: Mapping[str, str], settings: AccountSettings
+) -> dict[str, str]:
+    """The labels to write so the namespace carries `pod_security_labels` (empty: none)."""
+    wanted = pod_security_labels(annotations, settings)
+    return {k: v for k, v in wanted.items() if labels.get(k) != v}

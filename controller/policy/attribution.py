@@ -20,8 +20,9 @@ a device outside the workload's allocation.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from controller.api.node import (
@@ -33,6 +34,7 @@ from controller.api.node import (
     WorkloadKind,
     WorkloadReport,
 )
+from controller.api.values import DEVICE_UUID, PRINCIPAL
 from controller.policy.enforcement import reserved_for
 
 SYSTEM_COMMANDS = frozenset(
@@ -47,7 +49,24 @@ SYSTEM_COMMANDS = frozenset(
         "nvidia-cuda-mps-server",
     }
 )
+_DEVICE_UUID = re.compile(DEVICE_UUID.pattern)
+_PRINCIPAL = re.compile(PRINCIPAL.pattern)
 SYSTEM_NAMESPACES = frozenset({"kube-system", "ds01-system", "gpu-operator"})
+
+
+SYSTEM_UID_MAX = 999
+"""Debian's system accounts end here (`SYS_UID_MAX`); people's logins start above it."""
+
+
+def is_system(comm: str, uid: int | None, commands: frozenset[str] = SYSTEM_COMMANDS) -> bool:
+    """A system daemon or tool: its command name, run by root or a system account.
+
+    The name alone proves nothing: any user can call their program `nvidia-smi`
+    (a process's name is whatever it sets), so a person's process is never taken
+    for a system one, whatever it is called. Daemons such as nvidia-persistenced
+    run under their own system account.
+    """
+    return comm in commands and uid is not None and 0 <= uid <= SYSTEM_UID_MAX
 
 
 @dataclass(frozen=True)
@@ -255,8 +274,8 @@ def attribute(
     """Attribute one scan's GPU processes; see the module docstring."""
     workloads: dict[str, _Workload] = {}
     host_now: set[tuple[int, int]] = set()
-    for use in sorted(uses, key=lambda u: (u.pid, u.device_uuid)):
-        if use.comm in view.system_commands:
+    for use in sorted(_describable(uses), key=lambda u: (u.pid, u.device_uuid)):
+        if is_system(use.comm, use.uid, view.system_commands):
             continue
         key, work = _workload_for(use, view)
         if work.kind == "HostProcess":
@@ -272,25 +291,9 @@ def attribute(
     for key, work in sorted(workloads.items()):
         since = first_seen.setdefault(key, now)
         devices = sorted({p.device_uuid for p in work.processes})
-        reports.append(
-            WorkloadReport(
-                kind=work.kind,
-                name=work.name[:256],
-                namespace=work.namespace,
-                container_id=work.container_id,
-                owner=work.owner,
-                owner_source=work.source,
-                devices=devices,
-                allocated=sorted(work.allocated) if work.allocated is not None else None,
-                processes=[
-                    GPUProcess(
-                        pid=p.pid, device_uuid=p.device_uuid, memory_used_mib=p.used_memory_mib
-                    )
-                    for p in work.processes
-                ],
-                started_at=since,
-            )
-        )
+        report = _report(work, devices, since)
+        if report is not None:
+            reports.append(report)
         for device in devices:
             verdict = _judge(work, device, view, now)
             if verdict is None:
@@ -304,10 +307,49 @@ def attribute(
                     kind=kind,
                     device_uuid=device,
                     pid=pid,
-                    owner=work.owner,
+                    owner=work.owner if work.owner and _PRINCIPAL.match(work.owner) else None,
                     message=message[:1024],
                     since=first_seen.setdefault(violation_key, now),
                 )
             )
     kept = {k: t for k, t in first_seen.items() if k in current}
     return Attribution(reports, violations, Memory(frozenset(host_now), kept))
+
+
+def _describable(uses: Sequence[ProcessUse]) -> list[ProcessUse]:
+    """NVML's processes as far as a status can describe them.
+
+    NVML answers are not trusted to fit: a process it reports as PID 0 (seen for
+    processes in other PID namespaces) or on a device that is not a UUID cannot be
+    named, so it is left out rather than failing the whole scan; negative memory
+    is no reading.
+    """
+    out = []
+    for use in uses:
+        if use.pid < 1 or not _DEVICE_UUID.match(use.device_uuid):
+            continue
+        negative = use.used_memory_mib is not None and use.used_memory_mib < 0
+        out.append(replace(use, used_memory_mib=None) if negative else use)
+    return out
+
+
+def _report(work: _Workload, devices: list[str], since: datetime) -> WorkloadReport | None:
+    """The workload's status entry; None when what it is named by cannot be written."""
+    try:
+        return WorkloadReport(
+            kind=work.kind,
+            name=work.name[:256],
+            namespace=work.namespace,
+            container_id=work.container_id,
+            owner=work.owner,
+            owner_source=work.source,
+            devices=devices,
+            allocated=sorted(work.allocated) if work.allocated is not None else None,
+            processes=[
+                GPUProcess(pid=p.pid, device_uuid=p.device_uuid, memory_used_mib=p.used_memory_mib)
+                for p in work.processes
+            ],
+            started_at=since,
+        )
+    except ValueError:  # a name from a container or pod the schema cannot hold
+        return None

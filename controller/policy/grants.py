@@ -99,7 +99,9 @@ def window(grant: GPUGrant, settings: GrantSettings) -> Window:
     if start is None:
         raise ValueError("a grant without spec.start needs metadata.creationTimestamp")
     if grant.spec.expires_at is not None:
-        return Window(start, grant.spec.expires_at)
+        # An expiry before the start is an empty window (the grant is Invalid, see
+        # `_outcome`), never a negative one: nothing is held or accounted for it.
+        return Window(start, max(start, grant.spec.expires_at))
     length = (
         parse_duration(grant.spec.duration) if grant.spec.duration else settings.default_duration
     )
@@ -111,9 +113,16 @@ def equivalents(grant: GPUGrant, total_slices: int = 7) -> Fraction:
     return grant.spec.gpus.count * gpu_equivalents(grant.spec.gpus.mig_profile, total_slices)
 
 
-def problems(grant: GPUGrant, ctx: GrantContext) -> list[str]:
+def problems(grant: GPUGrant, ctx: GrantContext, span: Window | None = None) -> list[str]:
     """What makes the request impossible under the subject's policy, naming the field."""
     found: list[str] = []
+    if span is not None and span.end <= span.start:
+        # The schema compares expiresAt with start only when start is set; a start
+        # left out is the creation time, which only the operator knows.
+        found.append(
+            f"spec.expiresAt: {span.end.isoformat()} is not after the grant's start "
+            f"{span.start.isoformat()} (its creation time when spec.start is left out)"
+        )
     if ctx.account_problem:
         found.append(ctx.account_problem)
     elif ctx.account is None:
@@ -233,8 +242,9 @@ def _outcome(
     spec = grant.spec
     decision = spec.approval.decision if spec.approval else None
     approve: GrantApproval | None = None
-    if decision is None and revoked_at is None and now < span.end:
-        found = problems(grant, ctx)
+    # An empty window is judged too (and found Invalid) rather than left to expire.
+    if decision is None and revoked_at is None and (now < span.end or span.end <= span.start):
+        found = problems(grant, ctx, span)
         if found:
             why = "; ".join(found)
             return _Outcome(

@@ -8,7 +8,7 @@ removes the object) cannot cancel the end of the GPU use it allowed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -76,8 +76,14 @@ def node_spec(
     now: datetime,
     default_mode: EnforcementMode,
     lifecycle: Sequence[LifecycleExemptionEntry] = (),
+    frozen: Set[tuple[str | None, str]] = frozenset(),
 ) -> GPUNodeSpec:
-    """The spec the operator writes for ``node``."""
+    """The spec the operator writes for ``node``.
+
+    ``frozen`` names grants (namespace, name) that could not be decided this pass:
+    their host access and reservations are carried forward from ``current`` as they
+    are (each still ends at its own ``until``), so a failure takes nothing away.
+    """
     mine = sorted(
         (e for e in effects if e.node == node),
         key=lambda e: (e.source.namespace or "", e.source.name),
@@ -105,6 +111,11 @@ def node_spec(
         if e.live
         for uuid in e.devices
     ]
+    if frozen and current is not None:
+        host += [h for h in current.host_access or () if _frozen(h.source, frozen, now, h.until)]
+        reservations += [
+            r for r in current.reservations or () if _frozen(r.source, frozen, now, r.until)
+        ]
     revocations: dict[tuple[str, str, str | None, str], Revocation] = {}
     for entry in (current.revocations if current else None) or ():
         if entry.until > now:
@@ -130,6 +141,19 @@ def node_spec(
         reservations=reservations or None,
         revocations=[revocations[k] for k in sorted(revocations)] or None,
         lifecycle_exemptions=list(lifecycle) or None,
+    )
+
+
+def _frozen(
+    source: ObjectReference,
+    frozen: Set[tuple[str | None, str]],
+    now: datetime,
+    until: datetime | None,
+) -> bool:
+    return (
+        source.kind == "GPUGrant"
+        and (source.namespace, source.name) in frozen
+        and (until is None or until > now)
     )
 
 

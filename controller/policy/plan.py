@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from fractions import Fraction
 
 from controller.api.account import LABEL_USER, Account, AccountError, parse_account
+from controller.api.accountpolicy import POLICY_CONFIGMAP
 from controller.api.exemption import GPUExemptionStatus
 from controller.api.grant import GPUGrantStatus, GrantApproval
 from controller.api.kinds import GPUExemption, GPUGrant, GPUNode, GPURateLimit
@@ -27,17 +28,19 @@ from controller.api.node import (
 from controller.api.ratelimit import GPURateLimitStatus
 from controller.policy import exemptions as exemption_policy
 from controller.policy import grants as grant_policy
-from controller.policy import usage
+from controller.policy import retention, screening, usage
 from controller.policy.accounts import (
     AccountDecision,
     AccountInputs,
     AccountSettings,
     Stored,
     ours,
+    pod_security_patch,
 )
 from controller.policy.accounts import decide as decide_account
 from controller.policy.allocation import (
     Allocation,
+    Refusal,
     Request,
     Slot,
     Window,
@@ -46,10 +49,11 @@ from controller.policy.allocation import (
 )
 from controller.policy.conditions import Want, merge
 from controller.policy.effective import EffectiveLimits, NamedLimit, applies_to, effective_limits
+from controller.policy.isolation import Failure, failure
 from controller.policy.nodes import HostExemption, NodeEffect, next_change, node_spec
 from controller.policy.pods import Pod
 from controller.policy.quota import resource_equivalents
-from controller.policy.records import AuditRecord, EventRecord
+from controller.policy.records import AuditRecord, EventRecord, ObjectRef
 from controller.policy.units import parse_duration_limit, parse_gpu_equivalents
 
 
@@ -85,6 +89,8 @@ class Settings:
     grants: grant_policy.GrantSettings = field(default_factory=grant_policy.GrantSettings)
     default_enforcement: EnforcementMode = "Enforce"
     accounts: AccountSettings = field(default_factory=AccountSettings)
+    finished_grant_retention: timedelta | None = retention.DEFAULT_RETENTION
+    """How long ended grants are kept before they are deleted; None keeps them forever."""
 
 
 @dataclass
@@ -108,6 +114,14 @@ class Plan:
     """Per account namespace: its ResourceQuota, LimitRange and policy ConfigMap."""
     orphans: list[Stored] = field(default_factory=list)
     """Objects of ours in namespaces that are no longer accounts: to delete."""
+    pod_security: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Per labelled namespace: the Pod Security Admission labels to (re)write."""
+    deletions: list[str] = field(default_factory=list)
+    """Ended grants (``namespace/name``) to delete: kept longer than the retention."""
+    failures: list[Failure] = field(default_factory=list)
+    """Objects that could not be decided this pass (see `controller.policy.isolation`):
+    grants, exemptions and limits also carry it in their Ready condition; nodes and
+    accounts keep what is stored, and the operator logs and announces them."""
 
     def wake(self, at: datetime | None) -> None:
         if at is not None and (self.wake_at is None or at < self.wake_at):
@@ -123,6 +137,9 @@ def accounts(namespaces: Sequence[Namespace]) -> tuple[dict[str, Account], dict[
             account = parse_account(ns.name, ns.labels, ns.annotations)
         except AccountError as error:
             problems[ns.name] = f"namespace {ns.name}: {error}"
+            continue
+        except Exception as error:  # one namespace cannot stop the others (see isolation)
+            problems[ns.name] = f"namespace {ns.name}: cannot be read: {error}"
             continue
         if account is not None:
             found[ns.name] = account
@@ -222,10 +239,13 @@ class _Planner:
     def __init__(
         self, snapshot: Snapshot, now: datetime, settings: Settings, cache: DecisionCache | None
     ) -> None:
-        self.snapshot, self.now, self.settings = snapshot, now, settings
+        self.now, self.settings = now, settings
         self.cache = cache if cache is not None else DecisionCache()
-        self.world = _world(snapshot, now)
         self.out = Plan()
+        self.failed_grants: dict[str, tuple[GPUGrant, Failure]] = {}
+        snapshot = self.screen(snapshot)
+        self.snapshot = snapshot
+        self.world = _world(snapshot, now)
         self.by_namespace, self.out.account_problems = accounts(snapshot.namespaces)
         self.by_user = {a.user: a for a in self.by_namespace.values()}
         self.named = [NamedLimit(lim.metadata.name, lim.spec) for lim in snapshot.limits]
@@ -238,6 +258,48 @@ class _Planner:
         self.by_subject: dict[str, list[GPUGrant]] = {}
         for grant in self.grants:
             self.by_subject.setdefault(grant.spec.subject.name, []).append(grant)
+
+    def screen(self, snapshot: Snapshot) -> Snapshot:
+        """Set aside the objects that fail their own checks (`controller.policy.screening`)."""
+        now, out = self.now, self.out
+        exemptions = screening.exemptions(snapshot.exemptions, now)
+        for exemption, failed in exemptions.failed:
+            status, events = screening.failed_exemption(exemption, failed, now)
+            out.exemption_status[exemption.metadata.name] = status
+            out.events += events
+            out.failures.append(failed)
+        limits = screening.limits(snapshot.limits)
+        for limit, failed in limits.failed:
+            limit_status, events = screening.failed_limit(limit, failed, now)
+            out.limit_status[limit.metadata.name] = limit_status
+            out.events += events
+            out.failures.append(failed)
+        nodes = screening.nodes(snapshot.nodes, now, self.settings.default_enforcement)
+        out.failures += [failed for _, failed in nodes.failed]
+        grants = screening.grants(snapshot.grants, now, self.settings.grants)
+        for grant, failed in grants.failed:
+            self.failed_grants[grant_policy.key(grant)] = (grant, failed)
+        return replace(
+            snapshot,
+            exemptions=exemptions.passed,
+            limits=limits.passed,
+            nodes=nodes.passed,
+            grants=grants.passed,
+        )
+
+    def fail_grant(self, grant: GPUGrant, error: Exception, during: str) -> None:
+        """Take ``grant`` out of the rest of the pass, marked (see `isolation`)."""
+        self.failed_grants[grant_policy.key(grant)] = (
+            grant,
+            failure(screening.grant_ref(grant), error, during),
+        )
+
+    def mark_failed_grants(self) -> None:
+        for key, (grant, failed) in self.failed_grants.items():
+            status, events = screening.failed_grant(grant, failed, self.now)
+            self.out.grant_status[key] = status
+            self.out.events += events
+            self.out.failures.append(failed)
 
     def limits(self, user: str, groups: tuple[str, ...]) -> EffectiveLimits:
         if (user, groups) not in self._limits:
@@ -286,20 +348,14 @@ class _Planner:
             out.audit += decided.audit
             out.wake(decided.wake_at)
 
-        contexts = {grant_policy.key(g): self.context(g) for g in self.grants}
-        # Pass 1: reserving grants that are approved (or auto-approvable now) and not over.
-        # Only those hold devices, allocated in creation order; pending requests hold none.
-        requests, existing = [], {}
-        for grant in filter(grant_policy.reserves, self.grants):
-            k = grant_policy.key(grant)
-            tentative = self.decide(grant, contexts[k], tentative=True)
-            if tentative.state in ("Approved", "Scheduled", "Active"):
-                requests.append(_request(grant, self.settings))
-                kept = _existing_allocation(grant)
-                if kept is not None:
-                    existing[k] = kept
-        labels = {n.metadata.name: dict(n.metadata.labels) for n in self.snapshot.nodes}
-        allocations = allocate_all(requests, existing, inventory(self.snapshot.nodes), labels)
+        contexts: dict[str, grant_policy.GrantContext] = {}
+        for grant in self.grants:
+            try:
+                contexts[grant_policy.key(grant)] = self.context(grant)
+            except Exception as error:  # this grant alone (see controller.policy.isolation)
+                self.fail_grant(grant, error, "finding its account and limits")
+        self.drop_failed_grants()
+        allocations = self.allocate(contexts)
 
         # Pass 2: every grant's decision, with the devices it holds.
         decisions: dict[str, grant_policy.GrantDecision] = {}
@@ -307,39 +363,142 @@ class _Planner:
         for grant in self.grants:
             k = grant_policy.key(grant)
             ctx = replace(contexts[k], allocation=allocations.get(k))
-            decision = self.decide(grant, ctx)
+            try:
+                decision = self.decide(grant, ctx)
+                effect = _node_effect(grant, decision, ctx.account, ctx.limits)
+            except Exception as error:  # this grant alone
+                self.fail_grant(grant, error, "deciding it")
+                continue
             decisions[k] = decision
             if decision.approve is not None:
                 out.approvals[k] = decision.approve
             out.events += decision.events
             out.audit += decision.audit
             out.wake(decision.wake_at)
-            effect = _node_effect(grant, decision, ctx.account, ctx.limits)
             if effect is not None:
                 effects.append(effect)
+        self.drop_failed_grants()
         self.account_usage(decisions, contexts)
+        self.drop_failed_grants()
         self.account_objects(decisions)
+        self.retire()
+        self.mark_failed_grants()
 
+        self.write_node_specs(effects)
+        self.limit_statuses()
+        return out
+
+    def write_node_specs(self, effects: Sequence[NodeEffect]) -> None:
+        """Every node's spec; a node whose spec cannot be computed keeps its stored one."""
+        out, now = self.out, self.now
         host_exemptions = _host_exemptions(self.snapshot.exemptions, self.by_user, now)
+        frozen = {(g.metadata.namespace, g.metadata.name) for g, _ in self.failed_grants.values()}
         for node in self.snapshot.nodes:
             name = node.metadata.name
             scoped = [x for scope, x in host_exemptions if scope is None or name in scope]
-            spec = node_spec(
-                name,
-                labels=dict(node.metadata.labels),
-                effects=effects,
-                exemptions=scoped,
-                current=node.spec,
-                now=now,
-                default_mode=self.settings.default_enforcement,
-                lifecycle=self.lifecycle_exemptions(name),
-            )
+            try:
+                spec = node_spec(
+                    name,
+                    labels=dict(node.metadata.labels),
+                    effects=effects,
+                    exemptions=scoped,
+                    current=node.spec,
+                    now=now,
+                    default_mode=self.settings.default_enforcement,
+                    lifecycle=self.lifecycle_exemptions(name),
+                    frozen=frozen,
+                )
+            except Exception as error:  # this node keeps its stored spec
+                out.failures.append(failure(screening.node_ref(node), error, "writing its spec"))
+                continue
             out.node_specs[name] = spec
             out.wake(next_change(spec, now))
 
+    def limit_statuses(self) -> None:
+        out = self.out
         for limit in self.snapshot.limits:
-            out.limit_status[limit.metadata.name] = self.limit_status(limit)
-        return out
+            try:
+                out.limit_status[limit.metadata.name] = self.limit_status(limit)
+            except Exception as error:  # this limit alone
+                failed = failure(screening.limit_ref(limit), error, "reporting its status")
+                status, events = screening.failed_limit(limit, failed, self.now)
+                out.limit_status[limit.metadata.name] = status
+                out.events += events
+                out.failures.append(failed)
+
+    def retire(self) -> None:
+        """Ended grants kept longer than the retention: delete (see `policy.retention`)."""
+        keep = self.settings.finished_grant_retention
+        if keep is None:
+            return
+        for grant in self.grants:
+            k = grant_policy.key(grant)
+            status = self.out.grant_status[k]
+            due = retention.deletable_at(grant, status, keep)
+            if due is None:
+                continue
+            if due > self.now:
+                self.out.wake(due)
+                continue
+            event, record = retention.deletion_records(grant, status, keep)
+            self.out.deletions.append(k)
+            self.out.events.append(event)
+            self.out.audit.append(record)
+
+    def drop_failed_grants(self) -> None:
+        """Leave grants that failed out of the steps still to come."""
+        if not self.failed_grants:
+            return
+        self.grants = [g for g in self.grants if grant_policy.key(g) not in self.failed_grants]
+        self.by_subject = {
+            subject: kept
+            for subject, grants in self.by_subject.items()
+            if (kept := [g for g in grants if grant_policy.key(g) not in self.failed_grants])
+        }
+
+    def allocate(
+        self, contexts: Mapping[str, grant_policy.GrantContext]
+    ) -> Mapping[str, Allocation | Refusal]:
+        """Pass 1: devices for reserving grants that are approved (or auto-approvable now)
+        and not over, in creation order; pending requests hold none. Devices that grants
+        set aside in this pass still hold (their stored allocations) are given to no one."""
+        requests, existing = [], {}
+        for grant in filter(grant_policy.reserves, self.grants):
+            k = grant_policy.key(grant)
+            try:
+                tentative = self.decide(grant, contexts[k], tentative=True)
+                if tentative.state in ("Approved", "Scheduled", "Active"):
+                    requests.append(_request(grant, self.settings))
+                    kept = _existing_allocation(grant)
+                    if kept is not None:
+                        existing[k] = kept
+            except Exception as error:  # this grant alone
+                self.fail_grant(grant, error, "deciding whether it holds devices")
+        self.drop_failed_grants()
+        held = {
+            d.uuid
+            for grant, _ in self.failed_grants.values()
+            for n in (grant.status.allocations if grant.status else None) or ()
+            for d in n.devices
+        }
+        slots = {
+            node: [s for s in found if s.uuid not in held]
+            for node, found in inventory(self.snapshot.nodes).items()
+        }
+        labels = {n.metadata.name: dict(n.metadata.labels) for n in self.snapshot.nodes}
+        try:
+            return allocate_all(requests, existing, slots, labels)
+        except Exception:  # find the requests that break it, in order, and set them aside
+            kept_requests: list[Request] = []
+            for request in requests:
+                try:
+                    allocate_all([*kept_requests, request], existing, slots, labels)
+                    kept_requests.append(request)
+                except Exception as error:
+                    grant = next(g for g in self.grants if grant_policy.key(g) == request.key)
+                    self.fail_grant(grant, error, "allocating its devices")
+            self.drop_failed_grants()
+            return allocate_all(kept_requests, existing, slots, labels)
 
     def account_usage(
         self,
@@ -356,30 +515,28 @@ class _Planner:
             )
         charged: dict[str, tuple[Fraction, Fraction]] = {}
         for user, grants in self.by_subject.items():
-            active = [
-                g
-                for g in grants
-                if "Active"
-                in (decisions[grant_policy.key(g)].state, g.status.state if g.status else None)
-            ]
-            if not active:
-                continue
-            held = {
-                grant_policy.key(g): tuple(
-                    d.uuid
-                    for n in decisions[grant_policy.key(g)].status.allocations or ()
-                    for d in n.devices
+            try:
+                charged |= self.charge(
+                    user,
+                    grants,
+                    decisions=decisions,
+                    contexts=contexts,
+                    in_use=in_use,
+                    equivalents=equivalents,
                 )
-                for g in active
-                if grant_policy.reserves(g)
-            }
-            gpu = contexts[grant_policy.key(active[0])].limits.spec.gpu
-            base = parse_gpu_equivalents(gpu.max_gpu_equivalents or 0) if gpu else Fraction(0)
-            charged |= usage.charge(active, held, in_use.get(user, set()), equivalents, base)
+            except Exception as error:  # this subject's grants alone
+                for grant in grants:
+                    self.fail_grant(grant, error, f"charging {user}'s GPU use")
+        self.drop_failed_grants()
         for grant in self.grants:
             k = grant_policy.key(grant)
             new = decisions[k].status
-            record = usage.account(grant.status or GPUGrantStatus(), new, charged.get(k), self.now)
+            try:
+                old = grant.status or GPUGrantStatus()
+                record = usage.account(old, new, charged.get(k), self.now)
+            except Exception as error:  # this grant alone
+                self.fail_grant(grant, error, "accounting its usage")
+                continue
             self.out.grant_status[k] = (
                 new if record is new.usage else new.model_copy(update={"usage": record})
             )
@@ -387,6 +544,38 @@ class _Planner:
                 self.out.granted[grant.spec.subject.name] = self.out.granted.get(
                     grant.spec.subject.name, Fraction(0)
                 ) + usage.fraction(new.gpu_equivalents or "0")
+
+    def charge(
+        self,
+        user: str,
+        grants: Sequence[GPUGrant],
+        *,
+        decisions: Mapping[str, grant_policy.GrantDecision],
+        contexts: Mapping[str, grant_policy.GrantContext],
+        in_use: Mapping[str, set[str]],
+        equivalents: Mapping[str, Fraction],
+    ) -> dict[str, tuple[Fraction, Fraction]]:
+        """What each of ``user``'s active grants is charged (see `usage.charge`)."""
+        active = [
+            g
+            for g in grants
+            if "Active"
+            in (decisions[grant_policy.key(g)].state, g.status.state if g.status else None)
+        ]
+        if not active:
+            return {}
+        held = {
+            grant_policy.key(g): tuple(
+                d.uuid
+                for n in decisions[grant_policy.key(g)].status.allocations or ()
+                for d in n.devices
+            )
+            for g in active
+            if grant_policy.reserves(g)
+        }
+        gpu = contexts[grant_policy.key(active[0])].limits.spec.gpu
+        base = parse_gpu_equivalents(gpu.max_gpu_equivalents or 0) if gpu else Fraction(0)
+        return usage.charge(active, held, in_use.get(user, set()), equivalents, base)
 
     def account_objects(self, decisions: Mapping[str, grant_policy.GrantDecision]) -> None:
         """Each account's quota, LimitRange and published policy; orphans to delete."""
@@ -427,23 +616,28 @@ class _Planner:
             )
             decided = self.cache.account(namespace, inputs, self.now)
             if decided is None:
-                decided = decide_account(
-                    AccountInputs(
-                        account=account,
-                        limits=self.limits(account.user, account.groups),
-                        exemptions=exemption_policy.in_force(
-                            self.snapshot.exemptions, account.user, account.groups, self.now
+                try:
+                    decided = decide_account(
+                        AccountInputs(
+                            account=account,
+                            limits=self.limits(account.user, account.groups),
+                            exemptions=exemption_policy.in_force(
+                                self.snapshot.exemptions, account.user, account.groups, self.now
+                            ),
+                            grants=grants,
+                            pods=mine,
+                            equivalents=equivalents,
+                            reported=reported,
+                            published=content,
+                            published_uid=uid,
                         ),
-                        grants=grants,
-                        pods=mine,
-                        equivalents=equivalents,
-                        reported=reported,
-                        published=content,
-                        published_uid=uid,
-                    ),
-                    self.now,
-                    self.settings.accounts,
-                )
+                        self.now,
+                        self.settings.accounts,
+                    )
+                except Exception as error:  # this account keeps its stored objects
+                    about = ObjectRef("ConfigMap", POLICY_CONFIGMAP, namespace)
+                    self.out.failures.append(failure(about, error, "deciding its account"))
+                    continue
                 self.cache.put_account(namespace, inputs, decided)
             self.out.accounts[namespace] = decided
             self.out.events += decided.events
@@ -460,6 +654,12 @@ class _Planner:
             for (_, namespace), m in sorted(stored.items())
             if namespace in known and namespace not in accounts_or_gone
         ]
+        # Every labelled namespace, broken accounts included: their pods are judged too.
+        for ns in self.snapshot.namespaces:
+            if ns.name in labelled:
+                patch = pod_security_patch(ns.labels, ns.annotations, self.settings.accounts)
+                if patch:
+                    self.out.pod_security[ns.name] = patch
 
     def lifecycle_exemptions(self, node: str) -> list[LifecycleExemptionEntry]:
         """Idle and runtime exemptions in force on ``node``, expanded to the users they cover."""

@@ -14,7 +14,7 @@ from fractions import Fraction
 
 _QUANTITY = re.compile(
     r"^(?P<sign>[+-]?)(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
-    r"(?:(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)|[eE](?P<exponent>[+-]?[0-9]+))?$"
+    r"(?:(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)|[eE](?P<exponent>[+-]?[0-9]{1,2}))?$"
 )
 _BINARY = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
 _DECIMAL = {"n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
@@ -22,7 +22,11 @@ _GI = 1024**3
 
 
 def parse_quantity(value: int | str) -> Fraction:
-    """A quantity (``2``, ``"500m"``, ``"32Gi"``, ``"1e3"``) as an exact number."""
+    """A quantity (``2``, ``"500m"``, ``"32Gi"``, ``"1e3"``) as an exact number.
+
+    Exponents have at most two digits (as the CRDs require): exact arithmetic on
+    ``1e999999999`` would not finish.
+    """
     if isinstance(value, int):
         return Fraction(value)
     match = _QUANTITY.match(value.strip())

@@ -16,7 +16,7 @@ UNLIMITED = "Unlimited"
 A100_SLICES = 7
 """Compute slices of a whole A100 or H100 (an A30 has 4)."""
 
-_MIG_PROFILE = re.compile(r"^(?P<slices>[1-8])g\.(?P<memory>[1-9][0-9]{0,2})gb(\+[a-z.-]+)?$")
+_MIG_PROFILE = re.compile(r"^(?P<slices>[1-7])g\.(?P<memory>[1-9][0-9]{0,2})gb(\+[a-z.-]+)?$")
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|h|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
@@ -41,6 +41,17 @@ def gpu_equivalents(mig_profile: str | None, total_slices: int = A100_SLICES) ->
             f"migProfile: {mig_profile!r} spans more than the GPU's {total_slices} slices"
         )
     return Fraction(slices, total_slices)
+
+
+def reported_equivalents(mig_profile: str, total_slices: int | None) -> Fraction:
+    """GPU-equivalents of a MIG instance as an agent reports it: its slices over its GPU's.
+
+    At most the whole GPU: a report of a slice spanning more than its GPU has (an
+    agent or driver fault) counts as the whole GPU instead of failing the node, since
+    the device exists either way. No total reported means an A100's seven.
+    """
+    total = total_slices or A100_SLICES
+    return min(Fraction(1), Fraction(mig_slices(mig_profile), total))
 
 
 def parse_gpu_equivalents(value: int | str) -> Fraction | None:

@@ -18,7 +18,7 @@ from fractions import Fraction
 
 from controller.api.grant import GPUGrantStatus, GrantUsage
 from controller.api.kinds import GPUGrant, GPUNode
-from controller.policy.units import gpu_equivalents
+from controller.policy.units import gpu_equivalents, reported_equivalents
 
 
 @functools.lru_cache(maxsize=256)
@@ -33,9 +33,8 @@ def device_equivalents(nodes: Sequence[GPUNode]) -> dict[str, Fraction]:
     for node in nodes:
         for device in (node.status.devices if node.status else None) or ():
             out[device.uuid] = Fraction(1)
-            total = device.mig_total_slices or 7
             for mig in device.mig_instances or ():
-                out[mig.uuid] = gpu_equivalents(mig.profile, total)
+                out[mig.uuid] = reported_equivalents(mig.profile, device.mig_total_slices)
     return out
 
 

@@ -25,12 +25,10 @@ from controller.agent.main import AgentOptions, build
 from controller.agent.publisher import PolicyView
 from controller.agent.trust import sign
 from controller.api.node import GPUNodeSpec
-from controller.devcluster.fakegpu import a100_node
-from controller.devcluster.fakegpu.devtree import OPENABLE_MISC_MINORS
 from controller.policy.effective import NamedLimit
 from controller.runtime.audit import read_records
 from tests.agent.engine import IMAGE, DockerEngine
-from tests.agent.fakehost import FakeHost
+from tests.agent.fakehost import FakeHost, misc_node
 from tests.agent.users import ensure_user
 
 DEVICES = Path("/sys/fs/cgroup/devices")
@@ -164,7 +162,7 @@ class Node:
 
 @pytest.fixture
 def node(fake_host: FakeHost, docker_engine: DockerEngine, tmp_path: Path) -> Iterator[Node]:
-    fake_host.topology = a100_node(minors=OPENABLE_MISC_MINORS)
+    fake_host.topology = misc_node()
     fake_host.write()
     tree = fake_host.make_tree(misc=True)
     key = tmp_path / "gateway.key"
@@ -180,6 +178,7 @@ def node(fake_host: FakeHost, docker_engine: DockerEngine, tmp_path: Path) -> It
         grace_s=2.0,
         kill_grace_s=2.0,
         stop_grace_s=1,
+        runtime_dir=docker_engine.runtime_dir,
     )
     agent, closers = build(options, None)
     cluster = StaticCluster()

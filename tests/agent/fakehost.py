@@ -15,11 +15,22 @@ from controller.agent.nvml import Nvml
 from controller.devcluster.binaries import cache_root
 from controller.devcluster.fakegpu import TOPOLOGY_ENV, Topology, a100_node, build
 from controller.devcluster.fakegpu.devtree import DevTree, make_devtree
+from controller.devcluster.fakegpu.holdable import WANTED_GPUS, gpu_minors
 
 
 def fake_library() -> Path:
     """The fake libnvidia-ml.so.1, built into the project's cache when its source changed."""
     return build(cache_root() / "fakenvml")
+
+
+def misc_node() -> Topology:
+    """DS01's 8-GPU node on misc devices this host can hold open (`fakegpu.holdable`).
+
+    The agent tests address GPUs by index up to 6 and need six whole GPUs, so
+    unlike `ds01 dev up`'s node (4 GPUs at least) they need all 8: a host with
+    fewer holdable devices fails here, saying which it has.
+    """
+    return a100_node(minors=gpu_minors(minimum=WANTED_GPUS))
 
 
 class FakeHost:

@@ -37,13 +37,12 @@ from controller.agent.main import AgentOptions, build
 from controller.agent.publisher import PolicyView
 from controller.api.node import GPUNodeSpec
 from controller.api.ratelimit import GPURateLimitSpec
-from controller.devcluster.fakegpu import a100_node
-from controller.devcluster.fakegpu.devtree import OPENABLE_MISC_MINORS
 from controller.policy.effective import NamedLimit
+from controller.runtime import runcfront
 from controller.runtime.audit import read_records
 from tests.agent.enforcehost import KEY, StaticCluster
 from tests.agent.engine import IMAGE, DockerEngine
-from tests.agent.fakehost import FakeHost
+from tests.agent.fakehost import FakeHost, misc_node
 from tests.agent.users import ensure_user
 
 ADMIN_GROUP = "ds01gw-admins"
@@ -63,6 +62,9 @@ for start in range(0, count, 200):
         batch.append(sock)
     socket.send_fds(channel, [b"x"], [s.fileno() for s in batch])
     held += batch
+for sock in held:
+    sock.close()
+channel.recv(1)  # stay alive (the gateway places callers by their live PID) until released
 """
 
 
@@ -101,8 +103,23 @@ Socket = socket.socket
 """(GatewayHost has a field named `socket`.)"""
 
 
+_LINGERING: list[tuple[socket.socket, subprocess.Popen[bytes]]] = []
+"""Connecting helpers kept alive until `release_helpers` (a peer whose process is gone is
+refused by the gateway, as it cannot be placed)."""
+
+
+def release_helpers() -> None:
+    while _LINGERING:
+        channel, helper = _LINGERING.pop()
+        channel.close()
+        helper.wait(timeout=60)
+
+
 def connect_as(login: str, path: Path, count: int = 1) -> list[Socket]:
-    """Sockets connected to ``path`` by a process running as ``login`` (their SO_PEERCRED)."""
+    """Sockets connected to ``path`` by a process running as ``login`` (their SO_PEERCRED).
+
+    The connecting process lives on until `release_helpers` (the gateway's teardown).
+    """
     entry = pwd.getpwnam(login)
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     helper = subprocess.Popen(
@@ -129,10 +146,15 @@ def connect_as(login: str, path: Path, count: int = 1) -> list[Socket]:
             if not fds:
                 break
             sockets += [socket.socket(fileno=fd) for fd in fds]
-    finally:
+    except BaseException:
+        parent.close()
+        helper.wait(timeout=60)
+        raise
+    if len(sockets) != count:
         parent.close()
         _, err = helper.communicate(timeout=60)
-    assert len(sockets) == count, err.decode()
+        raise AssertionError(err.decode())
+    _LINGERING.append((parent, helper))
     return sockets
 
 
@@ -271,7 +293,7 @@ class GatewayHost:
     # -- what happened -----------------------------------------------------------
 
     def audit_records(self, event_type: str | None = None) -> list[dict[str, Any]]:
-        self.gateway.notifier.flush()
+        self.gateway.recorder.flush()
         records = read_records(self.audit)
         return [r for r in records if event_type is None or r["event_type"] == event_type]
 
@@ -323,13 +345,14 @@ def serve(
     api: ApiClient | None = None,
     node: str = "gateway-node",
     logins: tuple[str, ...] = (AMY, BEN, CAT, ROOT),
+    **extra: Any,
 ) -> Iterator[GatewayHost]:
     """An agent serving the gateway for ``logins`` on a fake A100 node in front of ``engine``.
 
     With ``api`` the agent talks to that apiserver (accounts, limits, its
     GPUNode, Events); without, accounts and limits come from a `StaticCluster`.
     """
-    fake_host.topology = a100_node(minors=OPENABLE_MISC_MINORS)
+    fake_host.topology = misc_node()
     fake_host.write()
     tree = fake_host.make_tree(misc=True)
     key = tmp_path / "gateway.key"
@@ -363,6 +386,9 @@ def serve(
         gateway_socket=run_dir / "docker.sock",
         gateway_admin_group=ADMIN_GROUP,
         gateway_bind_roots=(str(run_dir / "home" / "{login}"),),
+        runtime_dir=engine.runtime_dir,
+        gateway_runtime=runcfront.NAME,
+        **extra,
     )
     before = set(engine.docker("ps", "-aq", "--no-trunc").split())
     agent, closers = build(options, api)
@@ -386,6 +412,7 @@ def serve(
     try:
         yield host
     finally:
+        release_helpers()
         for close in reversed(host.closers):
             close()
         left = host.containers() - before

@@ -29,11 +29,9 @@ from controller.agent.runner import Runner
 from controller.agent.state import PolicyStore
 from controller.cli.dev import start_operator
 from controller.devcluster.controlplane import LocalCluster
-from controller.devcluster.fakegpu import a100_node
-from controller.devcluster.fakegpu.devtree import OPENABLE_MISC_MINORS
 from controller.devcluster.process import wait_until
 from tests.agent.engine import IMAGE, DockerEngine
-from tests.agent.fakehost import FakeHost
+from tests.agent.fakehost import FakeHost, misc_node
 from tests.agent.users import ensure_user
 from tests.controlplane.kube import Kube, agent_kubeconfig
 
@@ -119,7 +117,7 @@ def running(
     docker_engine: DockerEngine,
     tmp_path: Path,
 ) -> Iterator[Running]:
-    fake_host.topology = a100_node(minors=OPENABLE_MISC_MINORS)
+    fake_host.topology = misc_node()
     fake_host.write()
     tree = fake_host.make_tree(misc=True)
     key = tmp_path / "gateway.key"
@@ -139,6 +137,7 @@ def running(
         stop_grace_s=1,
         interval_s=1.0,
         enforce_interval_s=0.5,
+        runtime_dir=docker_engine.runtime_dir,
     )
     api = config.new_client_from_config(config_file=str(options.kubeconfig))
     agent, closers = build(options, api)
@@ -206,6 +205,13 @@ def test_apiserver_outage_keeps_enforcing_the_last_policy(
     )
     saved = PolicyStore(running.state).load(NODE)
     assert saved is not None and saved.spec.reservations and saved.spec.reservations[0].user == dave
+    # The runtime wrapper asks the agent at create: it must know dave's login by then, or his
+    # reserved GPU is closed at create (fail closed) and the holder's first open fails.
+    wait_until(
+        lambda: running.agent.accounts_view()[0].get("ds01-dave") == dave,
+        30,
+        "the agent to know dave's account",
+    )
     holder = running.container(dave_uid, path, "exec 3<>/dev/gpu0; sleep 600")
     other = running.container(dave_uid, running.gpu(5)[1])
     wait_until(lambda: running.opens(holder), 30, "dave's container to open his reserved GPU")

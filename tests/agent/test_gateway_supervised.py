@@ -26,13 +26,11 @@ import pytest
 from controller.agent.state import ViewStore
 from controller.agent.trust import verify
 from controller.api.ratelimit import GPURateLimitSpec
-from controller.devcluster.fakegpu import a100_node
-from controller.devcluster.fakegpu.devtree import OPENABLE_MISC_MINORS
 from controller.devcluster.process import wait_until
 from controller.policy.effective import NamedLimit
 from tests.agent.enforcehost import KEY, StaticCluster
 from tests.agent.engine import IMAGE, DockerEngine
-from tests.agent.fakehost import FakeHost
+from tests.agent.fakehost import FakeHost, misc_node
 from tests.agent.gatewayhost import ACCOUNTS, ADMIN_GROUP, AMY, BEN, ensure_group
 from tests.agent.users import ensure_user
 
@@ -84,7 +82,7 @@ class Supervisor:
 def supervised(
     fake_host: FakeHost, docker_engine: DockerEngine, tmp_path: Path
 ) -> Iterator[tuple[Supervisor, Path, dict[str, str]]]:
-    fake_host.topology = a100_node(minors=OPENABLE_MISC_MINORS)
+    fake_host.topology = misc_node()
     fake_host.write()
     tree = fake_host.make_tree(misc=True)
     for login in (AMY, BEN):
@@ -136,6 +134,7 @@ def supervised(
         f"--state-dir={state}",
         f"--audit-log={tmp_path / 'audit.jsonl'}",
         "--lifecycle-interval=0",
+        f"--runtime-dir={docker_engine.runtime_dir}",
     ]
     supervisor = Supervisor(argv, sock, tmp_path / "agent.log")
     before = set(docker_engine.docker("ps", "-aq", "--no-trunc").split())

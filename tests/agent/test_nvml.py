@@ -31,9 +31,14 @@ from controller.devcluster.fakegpu import MigSpec, ProcSpec, a100_node, build
 from controller.devcluster.fakegpu.devtree import (
     CAPS_MAJOR,
     NVIDIA_MAJOR,
-    OPENABLE_MISC_MINORS,
     UVM_MAJOR,
     cap_minor,
+)
+from controller.devcluster.fakegpu.holdable import (
+    HOLDABLE_MISC,
+    MINIMUM_GPUS,
+    gpu_minors,
+    host_char_devices,
 )
 from controller.devcluster.fakegpu.topology import PROFILES, mig_uuid
 from controller.devcluster.process import wait_until
@@ -76,12 +81,16 @@ def test_nvidia_major_nodes_open_with_enxio(fake_host: FakeHost) -> None:
     assert raised.value.errno == errno.ENXIO
 
 
-def test_misc_mode_maps_gpus_onto_openable_devices(fake_host: FakeHost) -> None:
-    fake_host.topology = a100_node(minors=OPENABLE_MISC_MINORS)
+def test_misc_mode_maps_gpus_onto_devices_this_host_has_and_can_hold(fake_host: FakeHost) -> None:
+    """The minors are chosen from this kernel's own misc devices, so every one can be held."""
+    fake_host.topology = a100_node(minors=gpu_minors())
     inventory = fake_host.start(misc=True).last_inventory()
-    assert [g.device.minor for g in inventory.gpus] == list(OPENABLE_MISC_MINORS)
+    assert [g.device.minor for g in inventory.gpus] == list(gpu_minors())
+    assert len(inventory.gpus) >= MINIMUM_GPUS
     assert {g.device.major for g in inventory.gpus} == {10}  # from the fake /proc/devices
-    held = [os.open(g.device.path, os.O_RDWR) for g in inventory.gpus]
+    registered = {(d.major, d.minor): d.name for d in host_char_devices()}
+    assert all(registered.get((10, g.device.minor)) in HOLDABLE_MISC for g in inventory.gpus)
+    held = [os.open(g.device.path, os.O_RDWR | os.O_NOCTTY) for g in inventory.gpus]
     try:
         for fd, gpu in zip(held, inventory.gpus, strict=True):
             assert os.minor(os.fstat(fd).st_rdev) == gpu.device.minor

@@ -68,8 +68,10 @@ class OperatorEnv:
     STARTS_WINDOW_S = 15
     ALERT_COOLDOWN_S = 5
     LIFECYCLE_INTERVAL_S = 1
+    USAGE_INTERVAL_S = 1
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
+        """Start the operator with the short test windows, plus ``extra`` flags."""
         self.process = start_operator(
             self.cluster,
             "--expiry-warning=4s",
@@ -79,6 +81,8 @@ class OperatorEnv:
             f"--workload-starts-window={self.STARTS_WINDOW_S}s",
             f"--alert-cooldown={self.ALERT_COOLDOWN_S}s",
             f"--lifecycle-interval={self.LIFECYCLE_INTERVAL_S}s",
+            f"--usage-interval={self.USAGE_INTERVAL_S}s",
+            *extra,
         )
 
     def pause(self) -> None:

@@ -1,8 +1,11 @@
 """The apiserver itself refuses pods that escape GPU control, acting as the student.
 
-The student holds a real client certificate; the ValidatingAdmissionPolicies
-in manifests/core/admission.yaml (with the operator's per-account parameters)
-and the ResourceQuota judge every request. Each refusal must say what to do.
+The student holds a real client certificate; Pod Security Admission (the
+operator labels the account `baseline`), the ValidatingAdmissionPolicies in
+manifests/core/admission.yaml (with the operator's per-account parameters) and
+the ResourceQuota judge every request, as deployed: whichever layer refuses
+first answers (test_pod_escapes.py proves each layer alone). Each refusal must
+say what to do.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from controller.cli.dev import add_simulated_node
+from controller.devcluster.process import wait_until
 from tests.controlplane.accounts import (
     create_pod,
     pod,
@@ -42,6 +46,17 @@ def student(operator_env: OperatorEnv) -> tuple[str, Kube]:
     )
     wait_quota(kube, namespace, {"requests.gpu.ds01.io/gpu": "2", "pods": "3"})
     refused_with(kube, namespace, pod("probe", {"gpu.ds01.io/gpu": 3}), "ds01-pod-limits")
+    wait_until(
+        lambda: (
+            (operator_env.admin.core.read_namespace(namespace).metadata.labels or {}).get(
+                "pod-security.kubernetes.io/enforce"
+            )
+            == "baseline"
+        ),
+        30,
+        "the operator's Pod Security label on the student's account",
+        0.2,
+    )
     return namespace, kube
 
 
@@ -54,9 +69,8 @@ def refused(kube: Kube, namespace: str, body: dict[str, Any]) -> str:
 FORBIDDEN = {
     "privileged": (
         pod("privileged", securityContext={"privileged": True}),
-        "ds01-pod-security",
-        "containers main: privileged mode is not allowed in user accounts; "
-        "remove securityContext.privileged",
+        "PodSecurity",
+        'privileged (container "main" must not set securityContext.privileged=true)',
     ),
     "sys-admin-in-init-container": (
         {
@@ -72,23 +86,24 @@ FORBIDDEN = {
                 "containers": [{"name": "main", "image": "busybox:local"}],
             },
         },
-        "ds01-pod-security",
-        "containers setup: adding the SYS_ADMIN capability (or ALL) is not allowed",
+        "PodSecurity",
+        'non-default capabilities (container "setup" must not include "SYS_ADMIN" in '
+        "securityContext.capabilities.add)",
     ),
     "all-capabilities": (
         pod("allcaps", securityContext={"capabilities": {"add": ["ALL"]}}),
-        "ds01-pod-security",
-        "remove it from securityContext.capabilities.add",
+        "PodSecurity",
+        'container "main" must not include "ALL" in securityContext.capabilities.add',
     ),
     "nvidia-visible-devices": (
         pod("nvenv", env=[{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]),
         "ds01-pod-security",
-        "environment variables main/NVIDIA_VISIBLE_DEVICES: NVIDIA_* variables",
+        "spec.containers[name=main].env[name=NVIDIA_VISIBLE_DEVICES]: NVIDIA_* variables",
     ),
     "nvidia-env-prefix": (
         pod("nvprefix", envFrom=[{"prefix": "NVIDIA_", "configMapRef": {"name": "mine"}}]),
         "ds01-pod-security",
-        "main/NVIDIA_*",
+        "spec.containers[name=main].envFrom[prefix=NVIDIA_]",
     ),
     "hostpath-dev": (
         {
@@ -98,8 +113,8 @@ FORBIDDEN = {
                 "volumes": [{"name": "gpu", "hostPath": {"path": "/dev//nvidia0"}}],
             },
         },
-        "ds01-pod-security",
-        "volumes gpu=/dev/nvidia0: hostPath volumes onto host devices",
+        "PodSecurity",
+        'hostPath volumes (volume "gpu")',
     ),
     "hostpath-root": (
         {
@@ -109,8 +124,8 @@ FORBIDDEN = {
                 "volumes": [{"name": "host", "hostPath": {"path": "/"}}],
             },
         },
-        "ds01-pod-security",
-        "volumes host=/: hostPath volumes",
+        "PodSecurity",
+        'hostPath volumes (volume "host")',
     ),
     "hostpath-cgroup": (
         {
@@ -120,8 +135,8 @@ FORBIDDEN = {
                 "volumes": [{"name": "cg", "hostPath": {"path": "/sys/fs/cgroup"}}],
             },
         },
-        "ds01-pod-security",
-        "volumes cg=/sys/fs/cgroup",
+        "PodSecurity",
+        'hostPath volumes (volume "cg")',
     ),
     "docker-socket": (
         {
@@ -131,8 +146,16 @@ FORBIDDEN = {
                 "volumes": [{"name": "sock", "hostPath": {"path": "/var/run/docker.sock"}}],
             },
         },
+        "PodSecurity",
+        'hostPath volumes (volume "sock")',
+    ),
+    "vendor-gpus": (
+        pod("vendor", {"nvidia.com/gpu": 8}),
         "ds01-pod-security",
-        "volumes sock=/var/run/docker.sock",
+        # The apiserver copies an extended resource's limit into its request.
+        "spec.containers[name=main].resources.limits[nvidia.com/gpu], "
+        "spec.containers[name=main].resources.requests[nvidia.com/gpu]: GPUs from other "
+        "device plugins or resource claims are not counted by your ds01 allowance",
     ),
     "three-gpus": (
         pod("three", {"gpu.ds01.io/gpu": 3}),
@@ -171,7 +194,10 @@ def test_the_apiserver_refuses_each_forbidden_pod(student: tuple[str, Kube], cas
     namespace, kube = student
     body, policy, message = FORBIDDEN[case]
     stderr = refused(kube, namespace, body)
-    assert f"ValidatingAdmissionPolicy '{policy}'" in stderr
+    if policy == "PodSecurity":
+        assert 'violates PodSecurity "baseline:latest"' in stderr, stderr
+    else:
+        assert f"ValidatingAdmissionPolicy '{policy}'" in stderr, stderr
     assert message in " ".join(stderr.split()), stderr
 
 
@@ -180,7 +206,7 @@ def test_a_compliant_gpu_pod_is_admitted_with_the_limit_range_defaults(
 ) -> None:
     namespace, kube = student
     body = pod("fine", {"gpu.ds01.io/mig-2g.20gb": 2}, env=[{"name": "CUDA_CACHE", "value": "1"}])
-    body["spec"]["volumes"] = [{"name": "data", "hostPath": {"path": "/data/sets"}}]
+    body["spec"]["volumes"] = [{"name": "data", "persistentVolumeClaim": {"claimName": "sets"}}]
     create_pod(kube, namespace, body)
     stored = kube.core.read_namespaced_pod("fine", namespace)
     # LimitRange ds01 filled in GPURateLimit/student's per-container defaults.
@@ -242,7 +268,9 @@ def test_ephemeral_containers_are_judged_too(
     with pytest.raises(ApiException) as by_admin:
         admin.patch_namespaced_pod_ephemeralcontainers("debug-me", namespace, body)
     assert "ds01-pod-security" in str(by_admin.value.body)
-    assert "dbg/NVIDIA_VISIBLE_DEVICES" in str(by_admin.value.body)
+    assert "spec.ephemeralContainers[name=dbg].env[name=NVIDIA_VISIBLE_DEVICES]" in str(
+        by_admin.value.body
+    )
     kube.kubectl("delete", "pod", "debug-me", "-n", namespace, "--wait=false")
 
 

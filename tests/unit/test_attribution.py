@@ -173,3 +173,21 @@ def test_violations_keep_their_first_sighting() -> None:
     assert again.violations[0].since == later(0) and again.workloads[0].started_at == later(0)
     gone = attribute([], bare, again.memory, later(6))
     assert gone.memory.first_seen == {}
+
+
+def test_a_user_process_named_like_a_system_tool_is_still_the_user_s() -> None:
+    """A process's name is whatever it sets: a user's `nvidia-smi` hides nothing."""
+    memory = Memory()
+    for comm in ("python", "nvidia-smi", "nvidia-persistenced"):
+        first = attribute([use(10, uid=1000, comm=comm)], view(), memory, later(0))
+        second = attribute([use(10, uid=1000, comm=comm)], view(), first.memory, later(10))
+        assert [w.owner for w in second.workloads] == ["alice@lab.example"], comm
+        assert [v.kind for v in second.violations] == ["Unentitled"], comm
+    for uid in (0, 110):  # root, and a system account (the persistence daemon's own)
+        daemon = attribute(
+            [use(11, uid=uid, comm="nvidia-persistenced")], view(), Memory(), later(0)
+        )
+        again = attribute(
+            [use(11, uid=uid, comm="nvidia-persistenced")], view(), daemon.memory, later(10)
+        )
+        assert again.workloads == [] and again.violations == []

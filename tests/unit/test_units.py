@@ -18,6 +18,7 @@ from controller.policy.units import (
     parse_duration,
     parse_duration_limit,
     parse_gpu_equivalents,
+    reported_equivalents,
 )
 
 
@@ -97,7 +98,20 @@ def test_duration_round_trips(seconds: int) -> None:
     assert len(text) <= 32  # fits the CRD's maxLength
 
 
-@given(st.integers(min_value=0, max_value=8), st.integers(min_value=1, max_value=8))
+@given(st.integers(min_value=0, max_value=7), st.integers(min_value=1, max_value=8))
 def test_slices_never_exceed_one_gpu(slices: int, total: int) -> None:
     if 1 <= slices <= total:
         assert 0 < gpu_equivalents(f"{slices}g.10gb", total) <= 1
+
+
+@given(st.integers(min_value=1, max_value=7), st.one_of(st.none(), st.integers(0, 8)))
+def test_a_reported_slice_counts_as_at_most_its_whole_gpu(slices: int, total: int | None) -> None:
+    """Agents' reports are taken as they come: a slice wider than its GPU is the whole GPU."""
+    share = reported_equivalents(f"{slices}g.10gb", total)
+    assert 0 < share <= 1
+    assert share == min(1, Fraction(slices, total or 7))
+
+
+def test_eight_slice_profiles_do_not_exist() -> None:
+    with pytest.raises(ValueError, match="not a MIG profile"):
+        mig_slices("8g.80gb")

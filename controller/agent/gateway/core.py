@@ -7,9 +7,10 @@ limits, the node's spec and GPUs) is read from the agent at each decision.
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +18,6 @@ from typing import Any
 
 import structlog
 
-from controller.agent.enforcer import Notify
 from controller.agent.gateway.allocator import Allocator
 from controller.agent.gateway.engine import Engine
 from controller.agent.gateway.identity import Identities, Identity
@@ -29,6 +29,29 @@ log = structlog.get_logger("ds01.gateway")
 
 PROTECTED_PATHS = ("/proc", "/sys", "/dev")
 """Never bound into a container, nor any directory above them (the root)."""
+DOCKER_DEFAULT_CAPABILITIES = frozenset(
+    {
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FSETID",
+        "FOWNER",
+        "MKNOD",
+        "NET_RAW",
+        "SETGID",
+        "SETUID",
+        "SETFCAP",
+        "SETPCAP",
+        "NET_BIND_SERVICE",
+        "SYS_CHROOT",
+        "KILL",
+        "AUDIT_WRITE",
+    }
+)
+"""What every container has already (adding one again changes nothing)."""
+USER_CAPABILITIES = DOCKER_DEFAULT_CAPABILITIES | {"IPC_LOCK", "SYS_NICE"}
+"""What users may add by default: the defaults, plus pinned memory and nice values that
+GPU and RDMA workloads ask for (real-time scheduling stays off: the engine gives
+containers no real-time CPU time)."""
 
 
 @dataclass(frozen=True)
@@ -49,50 +72,74 @@ class GatewayOptions:
     socket_mode: int = 0o666
     socket_group: str | None = None
     runtimes: frozenset[str] = frozenset({"runc"})
+    """Runtimes users may name with --runtime."""
+    runtime: str | None = None
+    """The runtime every user container runs under (the device-rule wrapper), if set."""
     protected: tuple[str, ...] = PROTECTED_PATHS
+    devices: tuple[str, ...] = ()
+    """Host device paths users may map with --device (none by default)."""
+    capabilities: frozenset[str] = USER_CAPABILITIES
+    min_host_port: int = 1024
     body_limit: int = 16 << 20
     """Largest create/update/exec body the gateway reads (they are small JSON)."""
 
 
-class Notifier:
-    """Events and audit records off the request path: a queue and one thread.
+AuditWrite = Callable[[str, str | None, str, dict[str, Any]], None]
+"""(event type, user, message, details): one audit record, written before the caller goes on."""
+EventPost = Callable[[str, str | None, str, str, dict[str, Any]], None]
+"""(event type, user, message, Normal|Warning, details): one Kubernetes Event, best effort."""
 
-    The agent's notify writes the audit line and posts an Event to the
-    apiserver; neither may delay a user's request, and an unreachable
-    apiserver must not stall the gateway. When the queue is full, records are
-    dropped and counted (logged), never blocking.
+
+class Recorder:
+    """Every decision's record: the audit line first and always, then an Event if it can.
+
+    The audit record is written before the user gets the answer and is never
+    dropped: a slow disk slows the gateway (back-pressure) rather than lose a
+    refusal. Events go to the apiserver off the request path, from a queue
+    and one thread; when the queue is full an Event is dropped and counted
+    (its audit record already exists).
     """
 
-    def __init__(self, notify: Notify, size: int = 10_000) -> None:
-        self.notify = notify
+    def __init__(self, audit: AuditWrite, event: EventPost | None, size: int = 10_000) -> None:
+        self.audit = audit
+        self.event = event
         self.dropped = 0
         self._queue: queue.Queue[tuple[str, str | None, str, str, dict[str, Any]] | None] = (
             queue.Queue(size)
         )
-        self._thread = threading.Thread(target=self._run, name="gateway-notify", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="gateway-events", daemon=True)
         self._thread.start()
 
-    def __call__(
-        self, event_type: str, user: str | None, message: str, kind: str, details: dict[str, Any]
+    async def record(
+        self,
+        event_type: str,
+        user: str | None,
+        message: str,
+        details: dict[str, Any],
+        kind: str = "Warning",
     ) -> None:
+        await asyncio.to_thread(self.audit, event_type, user, message, details)
+        if self.event is None:
+            return
         try:
             self._queue.put_nowait((event_type, user, message, kind, details))
         except queue.Full:
             self.dropped += 1
-            log.warning("gateway events dropped", dropped=self.dropped)
+            log.warning("gateway events dropped (audit records kept)", dropped=self.dropped)
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             try:
-                self.notify(*item)
+                assert self.event is not None
+                self.event(*item)
             except Exception as error:  # best effort, never the request's problem
-                log.warning("gateway event not recorded", error=str(error)[:300])
+                log.warning("gateway event not posted", error=str(error)[:300])
             finally:
                 self._queue.task_done()
         self._queue.task_done()
 
     def flush(self) -> None:
-        """Wait until everything queued so far was recorded (tests, shutdown)."""
+        """Wait until every Event queued so far was posted (tests, shutdown)."""
         self._queue.join()
 
     def close(self) -> None:
@@ -106,7 +153,7 @@ class Core:
     source: PolicySource
     engine: Engine
     identities: Identities
-    notify: Notifier
+    recorder: Recorder
     allocator: Allocator = field(init=False)
     _limits: dict[tuple[str, tuple[str, ...]], tuple[Sequence[NamedLimit], EffectiveLimits]] = (
         field(default_factory=dict)
@@ -114,6 +161,16 @@ class Core:
 
     def __post_init__(self) -> None:
         self.allocator = Allocator(self.engine, self.hold_after_stop)
+
+    async def record(
+        self,
+        event_type: str,
+        user: str | None,
+        message: str,
+        details: dict[str, Any],
+        kind: str = "Warning",
+    ) -> None:
+        await self.recorder.record(event_type, user, message, details, kind)
 
     def limits_of(self, user: str, groups: Sequence[str] = ()) -> EffectiveLimits:
         """The effective limits of ``user`` (cached until the agent reads new limits)."""

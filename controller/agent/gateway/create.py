@@ -1,10 +1,11 @@
-"""`POST /containers/create` for users: vet, count, allocate GPUs, sign, create.
+"""`POST /containers/create` for users: read canonically, vet, count, allocate GPUs, sign, create.
 
 The order matters: everything that can be decided without the lock (options,
-paths, resources) is decided first; then, under the allocation lock, the
-workload count and the GPUs; then the engine creates the container with the
-gateway's signed labels and the chosen device nodes, and only after its answer
-are the held devices released from "pending" (by then they show in listings).
+paths, volumes, networks, resources) is decided first on the canonical body;
+then, under the allocation lock, the workload count and the GPUs; then the
+engine creates the container from the gateway's own body, with its signed
+labels and the chosen device nodes, and only after its answer are the held
+devices released from "pending" (by then they show in listings).
 """
 
 from __future__ import annotations
@@ -21,19 +22,17 @@ from controller.agent.gateway.allocator import Tally
 from controller.agent.gateway.proxy import Call, Session
 from controller.agent.trust import sign
 from controller.api.ratelimit import GPUPolicy
-from controller.policy.effective import EffectiveLimits
-from controller.policy.gateway import (
+from controller.policy.docker import schemas
+from controller.policy.docker.create import (
     CreatePlan,
-    PathFacts,
-    Reference,
-    Refusal,
-    Rules,
     container_name,
     finish_create,
     needs,
     over_workloads,
     vet_create,
 )
+from controller.policy.docker.facts import OWNER_LABEL, Facts, Reference, Refusal, Rules
+from controller.policy.effective import EffectiveLimits
 from controller.policy.gpuchoice import Chosen, Entitlement, NoDevices, choose
 from controller.policy.lifecycle import rules_for
 
@@ -53,26 +52,35 @@ def rules(session: Session) -> Rules:
         gpu_numbers=hostfacts.gpu_numbers(inventory),
         gpu_majors=hostfacts.gpu_majors(inventory),
         runtimes=options.runtimes,
+        runtime=options.runtime,
         host_cpus=len(os.sched_getaffinity(0)),
+        devices=tuple(os.path.realpath(p) for p in options.devices),
+        capabilities=options.capabilities,
+        min_host_port=options.min_host_port,
     )
 
 
-async def _facts(
-    session: Session, body: Mapping[str, object]
-) -> tuple[dict[str, PathFacts], dict[str, Reference]]:
+async def facts(session: Session, body: Mapping[str, object]) -> Facts:
+    """Everything the create body names, looked up on the host and in the engine."""
     wanted = needs(body)
-    paths: dict[str, PathFacts] = {}
+    found = Facts.none()
     for path in wanted.binds:
-        paths[path] = await asyncio.to_thread(hostfacts.path_facts, path, walk=False)
+        found.paths[path] = await asyncio.to_thread(hostfacts.path_facts, path, walk=False)
     for path in wanted.devices:
-        paths[path] = await asyncio.to_thread(hostfacts.path_facts, path, walk=True)
-    references: dict[str, Reference] = {}
+        found.paths[path] = await asyncio.to_thread(hostfacts.path_facts, path, walk=True)
+    engine = session.core.engine
     for ref in wanted.references:
-        found = await session.core.engine.container(ref)
-        if found is not None:
-            owned = found.owner == session.identity.caller.owner
-            references[ref] = Reference(found.id, owned, found.host_mounts)
-    return paths, references
+        container = await engine.container(ref)
+        if container is not None:
+            owned = container.owner == session.identity.caller.owner
+            found.references[ref] = Reference(container.id, owned, container.host_mounts)
+    for name in wanted.volumes:
+        found.volumes[name] = await engine.volume(name)
+    for ref in wanted.networks:
+        network = await engine.network(ref)
+        if network is not None:
+            found.networks[ref] = network
+    return found
 
 
 def _horizon(limits: EffectiveLimits, plan: CreatePlan) -> timedelta:
@@ -80,18 +88,27 @@ def _horizon(limits: EffectiveLimits, plan: CreatePlan) -> timedelta:
     return runtime if runtime is not None else DEFAULT_HORIZON
 
 
+async def _make_volumes(session: Session, plan: CreatePlan) -> Refusal | None:
+    """Named volumes the container would create unlabelled: created first, as the caller's."""
+    engine, owner = session.core.engine, session.identity.caller.owner
+    for name in plan.volumes:
+        status, _ = await engine.json(
+            "POST", "/volumes/create", {"Name": name, "Labels": {OWNER_LABEL: owner}}
+        )
+        volume = await engine.volume(name)
+        if status >= 300 or volume.owner != owner:  # someone else's, created meanwhile
+            return Refusal("--volume", f"--volume {name}: that volume is not yours")
+    return None
+
+
 async def create(session: Session, call: Call) -> bool:
     core, caller = session.core, session.identity.caller
-    raw = await session.read_request_body(call)
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        return await session.reply(call, 400, {"message": "gateway: the create body is not JSON"})
-    params = call.params()
-    name = container_name(params.get("name"), caller.owner, secrets.token_hex(5))
-    paths, references = await _facts(session, body)
+    body = await session.read_json(call, schemas.CREATE)
+    if isinstance(body, Refusal):
+        return await session.refuse(call, body)
+    name = container_name(call.found.param("name"), caller.owner, secrets.token_hex(5))
+    if isinstance(name, Refusal):
+        return await session.refuse(call, name)
     limits = core.limits_for(session.identity)
     now = datetime.now(UTC)
     plan = vet_create(
@@ -100,8 +117,7 @@ async def create(session: Session, call: Call) -> bool:
         caller=caller,
         limits=limits,
         rules=rules(session),
-        paths=paths,
-        references=references,
+        facts=await facts(session, body),
         now=now,
     )
     if isinstance(plan, Refusal):
@@ -139,6 +155,9 @@ async def create(session: Session, call: Call) -> bool:
         return await session.refuse(call, result, container=name)
     uuids = tuple(d.uuid for d in result.devices) if isinstance(result, Chosen) else ()
     try:
+        refused = await _make_volumes(session, plan)
+        if refused is not None:
+            return await session.refuse(call, refused, container=name)
         final = finish_create(
             plan,
             device_nodes=hostfacts.device_nodes(inventory, uuids, core.options.dev_root)
@@ -147,19 +166,17 @@ async def create(session: Session, call: Call) -> bool:
             device_uuids=uuids,
             signed=sign(core.options.key, name, caller.owner, uuids),
         )
-        params["name"] = name
-        call.retarget(params=params)
+        call.with_params(name=name)
         response = await session.forward(call, json.dumps(final).encode())
         answer = await session.read_response(call, response, 1 << 20)
     finally:
         await core.allocator.release(token)
     if response.status == 201 and uuids:
         assert isinstance(result, Chosen)
-        core.notify(
+        await core.record(
             "gpu.allocate",
             caller.owner,
             f"container {name} of {caller.owner} was given {', '.join(uuids)}",
-            "Normal",
             {
                 "container": name,
                 "devices": list(uuids),
@@ -167,8 +184,6 @@ async def create(session: Session, call: Call) -> bool:
                 "login": caller.login,
                 "uid": caller.uid,
             },
+            kind="Normal",
         )
-    response.drop_header("Transfer-Encoding")
-    response.set_header("Content-Length", str(len(answer)))
-    await session.send(response.encode() + answer)
-    return not (response.wants_close() or call.head.wants_close())
+    return await session.answer(call, response, answer)

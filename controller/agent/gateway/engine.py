@@ -26,6 +26,7 @@ from controller.agent.gateway.http import (
     response_framing,
 )
 from controller.agent.trust import verify
+from controller.policy.docker.facts import OWNER_LABEL, Network, Volume
 
 RESPONSE_LIMIT = 256 << 20
 """Largest answer the gateway reads whole (a listing of every container on a busy host)."""
@@ -53,6 +54,10 @@ class Owned:
     """Whether it bind-mounts host paths (known from an inspect, not from a listing)."""
     finished_at: datetime | None = None
     labels: Mapping[str, str] | None = None
+    mapped: tuple[Mapping[str, str], ...] = ()
+    """`HostConfig.Devices` as the engine holds them (from an inspect)."""
+    bind_sources: tuple[str, ...] = ()
+    """Host paths it bind-mounts (from an inspect)."""
 
 
 def canonical_name(names: list[str]) -> str:
@@ -139,6 +144,16 @@ class Engine:
             host_mounts=any(m.get("Type") == "bind" for m in data.get("Mounts") or ()),
             finished_at=parse_time(str(state.get("FinishedAt") or "")),
             labels=labels,
+            mapped=tuple(
+                {str(k): str(v) for k, v in d.items()}
+                for d in (data.get("HostConfig") or {}).get("Devices") or ()
+                if isinstance(d, dict)
+            ),
+            bind_sources=tuple(
+                str(m.get("Source") or "")
+                for m in data.get("Mounts") or ()
+                if m.get("Type") == "bind"
+            ),
         )
 
     async def containers(self) -> list[Owned]:
@@ -154,6 +169,37 @@ class Engine:
         labels = dict(entry.get("Labels") or {})
         owner, devices = self._owner(name, labels)
         return Owned(str(entry.get("Id", "")), name, owner, devices, str(entry.get("State", "")))
+
+    async def volume(self, name: str) -> Volume:
+        """The named volume as the engine knows it (owner from its label)."""
+        status, data = await self.json("GET", f"/volumes/{quote(name, safe='')}")
+        if status == 404 or not isinstance(data, dict):
+            return Volume(name, exists=False)
+        if status >= 400:
+            raise EngineError(f"inspect volume {name}: {status}")
+        labels = data.get("Labels") or {}
+        return Volume(
+            str(data.get("Name") or name),
+            exists=True,
+            owner=labels.get(OWNER_LABEL),
+            driver=str(data.get("Driver") or ""),
+        )
+
+    async def network(self, ref: str) -> Network | None:
+        """The network ``ref`` (name, ID or ID prefix) names; None when there is none."""
+        status, data = await self.json("GET", f"/networks/{quote(ref, safe='')}")
+        if status == 404 or not isinstance(data, dict):
+            return None
+        if status >= 400:
+            raise EngineError(f"inspect network {ref}: {status}")
+        labels = data.get("Labels") or {}
+        return Network(
+            ref,
+            str(data.get("Id") or ""),
+            str(data.get("Name") or ""),
+            str(data.get("Driver") or ""),
+            labels.get(OWNER_LABEL),
+        )
 
     async def exec_container(self, exec_id: str) -> str | None:
         """The container an exec instance runs in; None when the exec does not exist."""

@@ -16,7 +16,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from controller.agent.inventory import DeviceNode, Inventory
-from controller.policy.gateway import PathFacts, PathKind
+from controller.policy.docker.facts import PathFacts, PathKind
 from controller.policy.gpuchoice import Device
 
 NVIDIA_MAJOR = 195
@@ -38,13 +38,49 @@ def _kind(mode: int) -> PathKind:
     return "other"
 
 
+def _changeable(path: str) -> bool:
+    """Whether someone other than root could change where ``path`` leads.
+
+    Every directory from the root down, and the entry itself, must be owned by
+    root and not writable by group or others (a sticky /tmp still lets anyone
+    create the name first).
+    """
+    parts = [p for p in path.split("/") if p]
+    current = "/"
+    for part in ["", *parts]:
+        current = os.path.join(current, part) if part else "/"
+        try:
+            info = os.lstat(current)
+        except OSError:
+            return True
+        if info.st_uid != 0:
+            return True
+        if stat.S_ISDIR(info.st_mode) and info.st_mode & 0o022:
+            return True
+    return False
+
+
+def _linked(path: str) -> bool:
+    """Whether ``path`` as written goes through a symlink (any component)."""
+    current = "/"
+    for part in (p for p in path.split("/") if p):
+        current = os.path.join(current, part)
+        try:
+            if stat.S_ISLNK(os.lstat(current).st_mode):
+                return True
+        except OSError:
+            return False
+    return False
+
+
 def path_facts(path: str, *, walk: bool) -> PathFacts:
     """What ``path`` resolves to; with ``walk``, the devices under a directory too."""
     real = os.path.realpath(path)
+    linked = real != os.path.normpath(path) or _linked(path)
     try:
         info = os.stat(real)
     except OSError:
-        return PathFacts(real, "missing")
+        return PathFacts(real, "missing", linked=linked)
     kind = _kind(info.st_mode)
     numbers: set[tuple[int, int]] = set()
     block = kind == "block"
@@ -56,9 +92,7 @@ def path_facts(path: str, *, walk: bool) -> PathFacts:
             for name in [*dirs, *files]:
                 seen += 1
                 if seen > MAX_WALK:
-                    return PathFacts(
-                        real, kind, frozenset(numbers), block=True
-                    )  # too big to vouch for
+                    return PathFacts(real, kind, frozenset(numbers), block=True, linked=linked)
                 try:
                     entry = os.lstat(os.path.join(root, name))
                 except OSError:
@@ -66,7 +100,8 @@ def path_facts(path: str, *, walk: bool) -> PathFacts:
                 if stat.S_ISCHR(entry.st_mode):
                     numbers.add((os.major(entry.st_rdev), os.minor(entry.st_rdev)))
                 block = block or stat.S_ISBLK(entry.st_mode)
-    return PathFacts(real, kind, frozenset(numbers), block)
+    writable = walk and _changeable(real)
+    return PathFacts(real, kind, frozenset(numbers), block, writable=writable, linked=linked)
 
 
 def gpu_numbers(inventory: Inventory | None) -> frozenset[tuple[int, int]]:

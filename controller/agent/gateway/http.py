@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -70,7 +71,7 @@ class Head:
 
 
 async def read_head(reader: asyncio.StreamReader) -> Head | None:
-    """The next head on ``reader``; None when the peer closed between messages."""
+    """The next response head from the engine; None when it closed between messages."""
     try:
         data = await reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError as error:
@@ -81,7 +82,7 @@ async def read_head(reader: asyncio.StreamReader) -> Head | None:
         raise HttpError("message head too long") from None
     lines = data[:-4].decode("latin-1").split("\r\n")
     while lines and not lines[0]:
-        lines.pop(0)  # tolerate stray CRLF between messages (RFC 9112 section 2.2)
+        lines.pop(0)
     parts = lines[0].split(" ", 2) if lines else []
     if len(parts) < 2:
         raise HttpError(f"malformed start line {lines[0][:80] if lines else ''!r}")
@@ -93,6 +94,117 @@ async def read_head(reader: asyncio.StreamReader) -> Head | None:
             raise HttpError(f"malformed header line {line[:80]!r}")
         headers.append((name.strip(), value.strip()))
     return Head(start, headers)
+
+
+_TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE"})
+_SINGLE = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "content-type",
+        "connection",
+        "upgrade",
+        "expect",
+        "x-registry-auth",
+        "x-registry-config",
+    }
+)
+"""Headers a request may carry once: a second copy could be read either way."""
+
+
+async def read_request(reader: asyncio.StreamReader) -> Head | None:
+    """The next request head from a user, read strictly; None when they closed between requests.
+
+    Go's HTTP server (dockerd) ends a line at a bare LF and would see a second
+    request where a lenient reader sees one; so every line must end in CRLF,
+    no bare CR or LF may appear, the request line is exactly three parts,
+    header names are tokens, folded lines and repeated framing headers are
+    refused. The gateway then sends only its own re-serialisation.
+    """
+    try:
+        data = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as error:
+        if not error.partial.strip(b"\r\n"):
+            return None
+        raise HttpError("connection closed in the middle of a request head") from None
+    except asyncio.LimitOverrunError:
+        raise HttpError("request head too long") from None
+    head = data[:-4]
+    while head.startswith(b"\r\n"):  # stray CRLF between requests (RFC 9112 section 2.2)
+        head = head[2:]
+    if b"\r" in head.replace(b"\r\n", b"") or b"\n" in head.replace(b"\r\n", b""):
+        raise HttpError("bare CR or LF in the request head; lines end with CRLF")
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not all(parts):
+        raise HttpError(f"malformed request line {lines[0][:80]!r}")
+    method, target, version = (p.decode("latin-1") for p in parts)
+    if method not in _METHODS:
+        raise HttpError(f"method {method[:20]!r} is not accepted")
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        raise HttpError(f"protocol {version[:20]!r} is not accepted (HTTP/1.1 or HTTP/1.0)")
+    headers: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not _TOKEN.match(name):
+            raise HttpError(f"malformed header line {line[:80]!r}")
+        text = value.strip(b" \t")
+        if any((c < 0x20 and c != 0x09) or c == 0x7F for c in text):
+            raise HttpError(f"control character in header {name.decode('latin-1')!r}")
+        key = name.decode("latin-1")
+        if key.lower() in _SINGLE and key.lower() in seen:
+            raise HttpError(f"header {key!r} is given twice")
+        seen.add(key.lower())
+        headers.append((key, text.decode("latin-1")))
+    return Head((method, target, version), headers)
+
+
+_LENGTH = re.compile(r"^[0-9]{1,18}$")
+_CHUNK_LINE = re.compile(rb"^([0-9A-Fa-f]{1,16})\r\n$")
+
+
+def user_framing(head: Head) -> tuple[Framing, int]:
+    """How a user's request body is delimited; framing two parsers could read apart is refused."""
+    encoding = head.header("Transfer-Encoding")
+    length = head.header("Content-Length")
+    if encoding is not None:
+        if encoding.lower() != "chunked" or head.start[2] != "HTTP/1.1":
+            raise HttpError(f"Transfer-Encoding {encoding[:40]!r} is not accepted (only chunked)")
+        if length is not None:
+            raise HttpError("both Transfer-Encoding and Content-Length: send one")
+        return "chunked", 0
+    if length is not None:
+        if not _LENGTH.match(length):
+            raise HttpError(f"bad Content-Length {length[:40]!r}")
+        size = int(length)
+        return ("length", size) if size > 0 else ("none", 0)
+    return "none", 0
+
+
+async def user_chunks(
+    reader: asyncio.StreamReader, framing: Framing, length: int
+) -> AsyncIterator[bytes]:
+    """A user's request body as it arrives, framing removed, chunked framing read strictly."""
+    if framing != "chunked":
+        async for data in body_chunks(reader, framing, length):
+            yield data
+        return
+    while True:
+        match = _CHUNK_LINE.match(await reader.readline())
+        if match is None:
+            raise HttpError("malformed chunk size line (hex digits, then CRLF)")
+        size = int(match.group(1), 16)
+        if size == 0:
+            if await reader.readexactly(2) != b"\r\n":
+                raise HttpError("trailers after a chunked body are not accepted")
+            return
+        data = await reader.readexactly(size + 2)
+        if data[-2:] != b"\r\n":
+            raise HttpError("a chunk does not end with CRLF")
+        yield data[:-2]
 
 
 def request_framing(head: Head) -> tuple[Framing, int]:

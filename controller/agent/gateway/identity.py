@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from controller.policy.gateway import Caller
+from controller.policy.docker.facts import Caller
 
 _UCRED = struct.Struct("3i")
 

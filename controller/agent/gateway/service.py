@@ -23,8 +23,7 @@ from pathlib import Path
 
 import structlog
 
-from controller.agent.enforcer import Notify
-from controller.agent.gateway.core import Core, GatewayOptions, Notifier
+from controller.agent.gateway.core import AuditWrite, Core, EventPost, GatewayOptions, Recorder
 from controller.agent.gateway.engine import Engine
 from controller.agent.gateway.http import HEAD_LIMIT, json_response, splice
 from controller.agent.gateway.identity import Identities, peer_of
@@ -78,11 +77,16 @@ def _own_container() -> str | None:
 
 
 def in_container(pid: int, own: str | None) -> bool:
-    """Whether ``pid`` runs in a container (other than the one the gateway itself may run in)."""
+    """Whether ``pid`` runs in a container (other than the one the gateway itself may run in).
+
+    A peer whose process is gone by the time it is looked at (it connected and
+    exited, handing the socket on) cannot be placed: it is treated as inside
+    a container, so it is refused rather than taken for a host process.
+    """
     try:
         text = Path(f"/proc/{pid}/cgroup").read_text()
     except OSError:
-        return False
+        return True
     where = placement(cgroup_path(text))
     inside = where.container_id is not None or where.pod_uid is not None
     return inside and where.container_id != own
@@ -91,15 +95,21 @@ def in_container(pid: int, own: str | None) -> bool:
 class Gateway:
     """`start()` binds and serves in a thread; `stop()` ends it and removes the socket."""
 
-    def __init__(self, options: GatewayOptions, source: PolicySource, notify: Notify) -> None:
+    def __init__(
+        self,
+        options: GatewayOptions,
+        source: PolicySource,
+        audit: AuditWrite,
+        event: EventPost | None,
+    ) -> None:
         self.options = options
-        self.notifier = Notifier(notify)
+        self.recorder = Recorder(audit, event)
         self.core = Core(
             options=options,
             source=source,
             engine=Engine(options.engine_socket, options.key),
             identities=Identities(options.admin_group, source.accounts),
-            notify=self.notifier,
+            recorder=self.recorder,
         )
         self._own = _own_container()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -132,7 +142,7 @@ class Gateway:
             self._loop.call_soon_threadsafe(self._stopped.set)
         if self._thread is not None:
             self._thread.join(timeout=30)
-        self.notifier.close()
+        self.recorder.close()
         if self._created:
             with contextlib.suppress(FileNotFoundError):
                 self.options.socket.unlink()
@@ -180,7 +190,16 @@ class Gateway:
         try:
             peer = peer_of(writer.get_extra_info("socket"))
             if in_container(peer.pid, self._own):
-                message = "the Docker gateway does not serve processes inside containers"
+                message = (
+                    "the Docker gateway does not serve processes inside containers (or processes "
+                    "that are gone before they could be placed)"
+                )
+                await self.core.record(
+                    "auth.denied",
+                    f"uid-{peer.uid}",
+                    f"refused a connection from pid {peer.pid} (uid {peer.uid}): {message}",
+                    {"pid": peer.pid, "uid": peer.uid},
+                )
                 writer.write(json_response(403, {"message": message}, close=True))
                 await writer.drain()
                 writer.close()

@@ -6,11 +6,12 @@ machines"):
 - NVIDIA numbers (default): `/dev/nvidiaN` is `c 195:N`. With no driver behind
   it, opening gives ENXIO when allowed and EPERM when a device cgroup denies
   it: the pair of answers tests use to prove allowed vs denied.
-- misc: GPUs are mapped onto openable misc devices (major 10), so a test (or
-  a newcomer on `ds01 dev up`'s simulated node) can hold a "GPU" open and see
-  revocation end the holder. The fake
-  `/proc/devices` then registers `nvidia` at major 10, and the topology's
-  minors must be among `OPENABLE_MISC_MINORS`.
+- misc: GPUs are mapped onto misc devices (major 10) that this host's kernel
+  has and that are harmless to hold open (`holdable.gpu_minors`, chosen at run
+  time), so a test (or a newcomer on `ds01 dev up`'s simulated node) can hold
+  a "GPU" open and see revocation end the holder. The fake `/proc/devices`
+  then registers `nvidia` at major 10, and the topology's minors must be
+  among the chosen ones.
 
 `nvidia-uvm` and `nvidia-caps` get majors that are dynamic on real hosts and
 unused on this kernel (opening gives ENXIO). The MIG minors file follows the
@@ -27,24 +28,12 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from controller.devcluster.fakegpu.holdable import MISC_MAJOR, gpu_minors
 from controller.devcluster.fakegpu.topology import Topology
 
 NVIDIA_MAJOR = 195
 UVM_MAJOR = 511
 CAPS_MAJOR = 510
-MISC_MAJOR = 10
-OPENABLE_MISC_MINORS = (229, 237, 257, 200, 259, 256, 235, 258)
-"""fuse, loop-control, userfaultfd, tun, cpu_dma_latency, vga_arbiter, autofs, vsock:
-checked to open through a node made elsewhere on this kernel."""
-
-
-def missing_misc_minors(sys_root: Path = Path("/sys")) -> list[int]:
-    """The minors of `OPENABLE_MISC_MINORS` this kernel has no device for.
-
-    Some are dynamic misc minors (above 255) or optional drivers, so another
-    kernel may lack them; `/sys/dev/char/10:N` exists exactly for those it has.
-    """
-    return [m for m in OPENABLE_MISC_MINORS if not (sys_root / f"dev/char/10:{m}").exists()]
 
 
 _GI_PER_GPU, _MINORS_PER_GI, _CI_PER_GI = 15, 9, 8
@@ -99,8 +88,11 @@ def make_devtree(root: Path, topology: Topology, *, misc: bool = False) -> DevTr
     """Create `root/proc` and `root/dev` for the topology; see the module docstring."""
     nvidia_major = MISC_MAJOR if misc else NVIDIA_MAJOR
     minors = [gpu.minor for gpu in topology.gpus]
-    if misc and not set(minors) <= set(OPENABLE_MISC_MINORS):
-        raise ValueError(f"misc mode needs GPU minors among {OPENABLE_MISC_MINORS}: {minors}")
+    if misc and not set(minors) <= set(gpu_minors()):
+        raise ValueError(
+            f"misc mode needs GPU minors among this host's holdable devices {gpu_minors()}:"
+            f" {minors}"
+        )
     proc, dev = root / "proc", root / "dev"
     (proc / "driver" / "nvidia-caps").mkdir(parents=True, exist_ok=True)
     (proc / "devices").write_text(_proc_devices(nvidia_major))
@@ -127,7 +119,7 @@ def make_devtree(root: Path, topology: Topology, *, misc: bool = False) -> DevTr
 def _check_openable(path: Path) -> None:
     """Fail loudly (not skip) when the filesystem refuses device nodes (a nodev mount)."""
     try:
-        os.close(os.open(path, os.O_RDWR))
+        os.close(os.open(path, os.O_RDWR | os.O_NOCTTY))
     except OSError as exc:
         hint = " (is the temporary directory mounted nodev?)" if exc.errno == errno.EACCES else ""
         raise RuntimeError(f"cannot open misc device node {path}: {exc}{hint}") from exc

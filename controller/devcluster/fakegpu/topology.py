@@ -270,7 +270,7 @@ def packed(model: GpuModel, profiles: Sequence[str]) -> tuple[tuple[str, int], .
 
 def a100_node(
     *,
-    count: int = 8,
+    count: int | None = None,
     minors: Sequence[int] | None = None,
     mig: Mapping[int, Sequence[tuple[str, int]]] = DEFAULT_MIG,
     nvlink: str | Iterable[tuple[int, int]] = "switch",
@@ -279,11 +279,16 @@ def a100_node(
     """A DGX-A100-like node: `count` A100-SXM4 boards (40GB unless `model` says), some in MIG mode.
 
     `minors` maps indexes to device minors (default: the index, as on real
-    hosts). `mig` uses the model's profile names (`DEFAULT_MIG` is for the
-    40GB board). `nvlink` is "switch" (every GPU's 12 links go to NVSwitches,
-    as on a DGX A100), "none", or GPU index pairs joined by direct links.
+    hosts); `count` defaults to one GPU per minor, else 8. `mig` uses the
+    model's profile names (`DEFAULT_MIG` is for the 40GB board). `nvlink` is
+    "switch" (every GPU's 12 links go to NVSwitches, as on a DGX A100), "none",
+    or GPU index pairs joined by direct links.
     """
+    if count is None:
+        count = 8 if minors is None else len(minors)
     minors = list(range(count)) if minors is None else list(minors)
+    if len(minors) < count:
+        raise ValueError(f"{count} GPUs need {count} minors: {minors}")
     gpus = [
         GpuSpec(
             index=i,
