@@ -26,6 +26,7 @@ lint: bootstrap
 	$(VENV)/mypy
 	$(VENV)/lint-imports
 	$(VENV)/ds01 crds check
+	$(VENV)/ds01 monitoring check
 
 build: bootstrap
 	$(VENV)/ds01 dev build
@@ -43,3 +44,4 @@ bench: build
 	$(VENV)/python -m benchmarks.device_plugin
 	$(VENV)/python -m benchmarks.revocation
 	$(VENV)/python -m benchmarks.gateway
+	$(VENV)/python -m benchmarks.operator_failover

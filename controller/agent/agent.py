@@ -158,17 +158,32 @@ class Agent:
         """Identities and allocations, refreshed on their own clock (fail open)."""
         self._views = self._views_or_saved()
         self._views.update(now)
+        current = True
         if self.kubelet is not None:
             answered = self.kubelet.devices()
             if answered is not None:
                 self._pod_devices = answered
+            current = answered is not None
         return Views(
             logins=read_passwd(self.passwd),
             accounts_by_login=self._views.by_login,
             accounts_by_namespace=self._views.by_namespace,
             pods=self._views.pods,
             pod_devices=self._pod_devices,
+            pod_devices_current=current,
         )
+
+    def allocations_now(
+        self,
+    ) -> tuple[Mapping[str, str], Mapping[tuple[str, str], frozenset[str]]]:
+        """(namespace -> account as last read, the kubelet's allocations now) for answers
+        that must come fast (the runtime wrapper waits 3 s): no apiserver call here, only
+        the local PodResources socket, and the last answer when the kubelet is away."""
+        views = self._views_or_saved()
+        devices = self._pod_devices
+        if self.kubelet is not None and (answered := self.kubelet.devices()) is not None:
+            devices = answered
+        return views.by_namespace, devices
 
     def _views_or_saved(self) -> _Views:
         if self._views is None:
@@ -203,6 +218,8 @@ class Agent:
         inventory = self.inventory if self.inventory is not None else self.source.inventory()
         spec = self.policy.spec if self.policy is not None else GPUNodeSpec()
         outcome = self.enforcer.run(spec, self.mode, inventory, self.views(now), now)
+        if self.enforcer.unknown_pods:
+            self.reread_views()  # a pod started since the list was read: name it next pass
         if self.policy is not None:
             self.applied_generation = self.policy.generation
         if self.on_pass is not None:
@@ -268,7 +285,8 @@ class Agent:
         )
         if self.publisher is not None:
             try:
-                self.publisher.publish(report, now)
+                if self.publisher.publish(report, now):
+                    metrics.STATUS_WRITTEN.set(now.timestamp())
                 self.publisher.announce(before, (result.workloads, result.violations))
             except Exception as error:  # fail open: the next scan tries again
                 log.warning("cannot publish status", error=str(error))
@@ -281,6 +299,8 @@ class Agent:
             result.violations,
             time.perf_counter() - started,
             time.process_time() - cpu,
+            node=self.node,
+            mode=self.mode,
         )
         return report
 

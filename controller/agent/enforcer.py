@@ -32,7 +32,7 @@ from controller.agent.procfs import ProcReader, placement
 from controller.agent.scan import allocated
 from controller.agent.trust import verify
 from controller.api.node import EnforcementMode, GPUNodeSpec
-from controller.policy.attribution import is_system
+from controller.policy.attribution import SYSTEM_NAMESPACES, is_system
 from controller.policy.enforcement import Decision, End, Holder, Number, Place, SlotDevices, decide
 
 log = structlog.get_logger("ds01.agent.enforce")
@@ -58,6 +58,8 @@ class Views:
     accounts_by_namespace: Mapping[str, str]
     pods: Mapping[str, tuple[str, str]]
     pod_devices: Mapping[tuple[str, str], frozenset[str]]
+    pod_devices_current: bool = True
+    """False when the kubelet did not answer this pass (`pod_devices` is an older answer)."""
 
 
 @dataclass
@@ -93,6 +95,10 @@ class Enforcer:
     gpu_containers: list[tuple[Container, str | None, frozenset[str]]] = field(default_factory=list)
     """Running containers with GPUs from the last pass: (container, owner, devices)."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _hands_off: list[str] = field(default_factory=list)
+    """Cgroup paths of pods left alone this pass (system namespaces, not known yet)."""
+    unknown_pods: bool = False
+    """The last pass met a pod cgroup the pod list does not name: read it again."""
 
     # -- places ----------------------------------------------------------------
 
@@ -151,7 +157,22 @@ class Enforcer:
         return places
 
     def _pod_places(self, views: Views) -> list[Place]:
+        """Pod containers with their owner and allocation.
+
+        Two kinds are left alone, their rules as the runtime wrote them and their
+        processes never ended (`_hands_off`): pods in system namespaces (the
+        agent's own, a driver or monitoring DaemonSet; attribution leaves them out
+        too), and pods this agent does not know yet. The pod list is refreshed on
+        its own clock, so a pod the kubelet has just started is briefly unknown;
+        judged as nobody's it would lose the GPU it was allocated and its process
+        would be ended as never granted. The next pass knows it (`reread_views`).
+        Likewise a pod the last PodResources answer does not name while the kubelet
+        does not answer now: its allocation is unknown, not empty.
+        """
         places: list[Place] = []
+        hands_off: list[str] = []
+        self._hands_off = hands_off
+        self.unknown_pods = False
         root = self.cgroups.root / "kubepods"
         if not root.exists():
             return places
@@ -165,7 +186,17 @@ class Enforcer:
                 where = placement(path)
                 if where.pod_uid is None or where.container_id is None:
                     continue
-                namespace, name = views.pods.get(where.pod_uid, ("", ""))
+                known = views.pods.get(where.pod_uid)
+                if (
+                    known is None
+                    or known[0] in SYSTEM_NAMESPACES
+                    or (not views.pod_devices_current and known not in views.pod_devices)
+                ):
+                    hands_off.append(path)
+                    if known is None:
+                        self.unknown_pods = True
+                    continue
+                namespace, name = known
                 places.append(
                     Place(
                         path=path,
@@ -197,6 +228,8 @@ class Enforcer:
         if info is None:
             return None
         path = info.cgroup.path
+        if any(path == p or path.startswith(p.rstrip("/") + "/") for p in self._hands_off):
+            return None
         for place in places:
             if path == place.path or path.startswith(place.path.rstrip("/") + "/"):
                 return place, info.start_ticks, info.uid

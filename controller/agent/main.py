@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -21,6 +21,7 @@ from prometheus_client import start_http_server
 
 from controller.agent.agent import Agent
 from controller.agent.cgroups import DeviceCgroups
+from controller.agent.credentials import CredentialReloader
 from controller.agent.deviceplugin.manager import DevicePluginManager
 from controller.agent.docker import DockerClient
 from controller.agent.enforcer import Enforcer, Notify
@@ -36,11 +37,14 @@ from controller.agent.runner import Runner
 from controller.agent.runtimegate import RuntimeGate
 from controller.agent.scan import ContainerCache
 from controller.agent.state import PolicyStore, StateError, ViewStore
+from controller.agent.steering import Steering, asks_for
 from controller.api.base import GROUP, VERSION
 from controller.api.kinds import GPURateLimit
 from controller.policy.effective import NamedLimit
 from controller.runtime import fieldmanager, logs
 from controller.runtime.audit import AuditLog
+from controller.runtime.auditchain import Anchor
+from controller.runtime.audittrail import AuditKeyError, AuditSettings, Trail
 
 log = structlog.get_logger("ds01.agent")
 
@@ -56,6 +60,10 @@ class AgentOptions:
     driver_proc_root: Path | None = None
     """Where NVML's /proc files are (`devices`, `driver/nvidia-caps`); the proc root by default."""
     dev_root: Path = Path("/dev")
+    host_dev_root: Path | None = None
+    """The host's path of `dev_root`, for kubelet and the Docker engine, when the agent sees
+    it elsewhere. Unset: /dev for the kubelet (the DaemonSet's `/host/dev` is the host's
+    /dev), `dev_root` itself for Docker (a Docker host's agent runs on the host)."""
     cgroup_root: Path = Path("/sys/fs/cgroup")
     passwd: Path = Path("/etc/passwd")
     docker_socket: str | None = None
@@ -89,11 +97,16 @@ class AgentOptions:
     gateway_capabilities: tuple[str, ...] | None = None
     """Capabilities users may add (None: Docker's defaults plus IPC_LOCK and SYS_NICE)."""
     gateway_runtime: str | None = None
+    gateway_host_etc: Path | None = None
+    """The host's /etc for the gateway's user lookups, when the agent is not on the host."""
     """Runtime every user container runs under (the device-rule wrapper); the engine's
     default when unset."""
     runtime_dir: Path | None = None
     """Answer the runtime wrapper (`ds01-runc`) here: its socket and fail-closed table."""
     log_level: str = "INFO"
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    """How the audit trail is kept (`--audit-*`); its latest signed checkpoint goes into this
+    node's GPUNode status."""
 
 
 class ConfigError(ValueError):
@@ -123,6 +136,19 @@ class KubeCluster:
         return [
             NamedLimit(item["metadata"]["name"], GPURateLimit.model_validate(item).spec)
             for item in listing.get("items", [])
+        ]
+
+    def pending(self, resource: str) -> list[tuple[str, str]]:
+        """Pods bound to this node, not yet running, asking for ``resource``."""
+        listing = self.core.list_pod_for_all_namespaces(
+            field_selector=f"spec.nodeName={self.node},status.phase=Pending"
+        )
+        return [
+            (str(pod.metadata.namespace), str(pod.metadata.name))
+            for pod in listing.items
+            if pod.metadata is not None
+            and pod.metadata.deletion_timestamp is None
+            and asks_for(pod, resource)
         ]
 
     def pods(self) -> dict[str, tuple[str, str]]:
@@ -189,12 +215,25 @@ def build(
     plugin = None
     if options.device_plugin_dir is not None:
         plugin = DevicePluginManager(
-            inventory, options.device_plugin_dir, device_root=str(options.dev_root)
+            inventory,
+            options.device_plugin_dir,
+            device_root=str(options.dev_root),
+            host_device_root=str(options.host_dev_root or "/dev"),
         )
         plugin.start()
         closers.append(plugin.stop)
-    audit = AuditLog(options.audit_log, source="ds01-agent")
+    publishers: list[Publisher] = []
+
+    def anchors(anchor: Anchor) -> None:  # kept in this node's GPUNode status
+        for found in publishers:
+            found.keep_anchor(anchor)
+
+    trail = Trail(options.audit_log, "ds01-agent", options.audit, post=anchors)
+    audit = trail.log
+    closers.append(trail.close)
     publisher = Publisher(api, options.node, audit) if api is not None else None
+    publishers += [publisher] if publisher is not None else []
+
     key = options.gateway_key.read_bytes().strip() if options.gateway_key else None
     docker = DockerClient(options.docker_socket) if options.docker_socket else None
     proc = ProcReader(options.proc_root)
@@ -235,6 +274,9 @@ def build(
         lifecycle_every=timedelta(seconds=options.lifecycle_interval_s),
     )
     agent.inventory = inventory
+    if plugin is not None and isinstance(agent.cluster, KubeCluster):
+        # The admitted pod's owner gets their reserved devices first (`agent.steering`).
+        plugin.steer = Steering(agent, agent.cluster.pending)
     agent.view_store = ViewStore(options.state_dir) if options.state_dir is not None else None
     agent.accounts_view()  # saved accounts and limits, before any other thread reads them
     store = PolicyStore(options.state_dir) if options.state_dir is not None else None
@@ -285,11 +327,13 @@ def _gateway(
             key=key,
             admin_group=options.gateway_admin_group,
             dev_root=options.dev_root,
+            host_dev_root=options.host_dev_root,
             bind_roots=options.gateway_bind_roots,
             socket_mode=options.gateway_socket_mode,
             socket_group=options.gateway_socket_group,
             devices=options.gateway_devices,
             runtime=options.gateway_runtime,
+            host_etc=options.gateway_host_etc,
             capabilities=USER_CAPABILITIES
             if options.gateway_capabilities is None
             else frozenset(c.upper().removeprefix("CAP_") for c in options.gateway_capabilities),
@@ -327,9 +371,13 @@ def run(options: AgentOptions) -> int:
         api = client.ApiClient()
     try:
         agent, closers = build(options, api)
-    except (StateError, ConfigError) as error:
+    except (StateError, ConfigError, AuditKeyError) as error:
         log.error("refusing to start", error=str(error))
         return 2
+    if options.kubeconfig is not None:  # a Docker host's certificate is renewed in place
+        reloader = CredentialReloader(api, options.kubeconfig)
+        reloader.start()
+        closers.append(reloader.stop)
     if options.metrics_port is not None:
         start_http_server(options.metrics_port)
     stop = threading.Event()

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from controller import __version__
 from controller.agent.inventory import Inventory, Sample
 from controller.api.node import Violation
 
@@ -25,6 +26,17 @@ SCAN_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1),
 )
 SCAN_CPU = Counter("ds01_agent_scan_cpu_seconds_total", "CPU time spent scanning")
+INFO = Gauge(
+    "ds01_agent_info",
+    "1, labelled with the node the agent serves and its version (joins per-GPU series to nodes)",
+    ["node", "version"],
+)
+ENFORCEMENT = Gauge("ds01_agent_enforcement", "1 for the enforcement mode in force", ["mode"])
+STATUS_WRITTEN = Gauge(
+    "ds01_agent_status_written_timestamp_seconds",
+    "When the agent last wrote its GPUNode status (its heartbeat)",
+)
+MODES = ("Enforce", "Audit", "Off")
 
 
 def observe(
@@ -33,8 +45,16 @@ def observe(
     violations: Sequence[Violation],
     wall: float,
     cpu: float,
+    *,
+    node: str | None = None,
+    mode: str | None = None,
 ) -> None:
     """Record one scan."""
+    if node is not None:
+        INFO.labels(node=node, version=__version__).set(1)
+    if mode is not None:
+        for known in MODES:
+            ENFORCEMENT.labels(mode=known).set(int(known == mode))
     owner = {gpu.uuid: gpu.uuid for gpu in inventory.gpus}
     owner |= {mig.uuid: gpu.uuid for gpu in inventory.gpus for mig in gpu.mig}
     counts = Tally(owner.get(p.device_uuid) for p in (sample.processes if sample else ()))

@@ -48,6 +48,18 @@ from controller.policy.devicerules import (
     to_oci,
 )
 
+CRI = "cri"
+"""`--source=cri`: containerd's CRI plugin runs this for a kubelet (`runtime.runcfront`)."""
+POD_ANNOTATIONS = {
+    "namespace": "io.kubernetes.cri.sandbox-namespace",
+    "name": "io.kubernetes.cri.sandbox-name",
+    "container": "io.kubernetes.cri.container-name",
+}
+"""What containerd writes into a pod container's bundle, naming its pod."""
+SYSTEM_NAMESPACES = frozenset({"kube-system", "ds01-system", "gpu-operator"})
+"""Pods left alone, as attribution and the agent's passes leave them
+(`policy.attribution.SYSTEM_NAMESPACES`, equal by test): the agent itself must
+open GPUs when its own container is created, while no agent is there to ask."""
 INTERCEPTED = frozenset({"create", "run", "restore"})
 """runc commands that build a container's cgroup from the bundle."""
 GLOBAL_VALUE_FLAGS = frozenset({"log", "log-format", "root", "criu", "rootless"})
@@ -61,6 +73,7 @@ class Options(NamedTuple):
     runc: str
     timeout_s: float = 3.0
     proc_devices: str = "/proc/devices"
+    source: str = "docker"
 
 
 class Invocation(NamedTuple):
@@ -149,6 +162,15 @@ def _mapped(linux: dict[str, Any]) -> list[list[int]]:
     return [list(n) for n in sorted(numbers)]
 
 
+def pod_of(config: dict[str, Any]) -> dict[str, str] | None:
+    """The pod a CRI container belongs to, from containerd's annotations (None: not a pod's)."""
+    annotations = config.get("annotations") or {}
+    pod = {key: annotations.get(name) for key, name in POD_ANNOTATIONS.items()}
+    if not all(isinstance(v, str) and v for v in (pod["namespace"], pod["name"])):
+        return None
+    return {k: v for k, v in pod.items() if isinstance(v, str)}
+
+
 def close_bundle(options: Options, call: Invocation) -> list[str]:
     """Rewrite the bundle's device rules; warnings to log (the create goes on).
 
@@ -169,11 +191,16 @@ def close_bundle(options: Options, call: Invocation) -> list[str]:
     if not opens_gpu(rules, known):
         return []
     uid = ((config.get("process") or {}).get("user") or {}).get("uid")
-    question = {
+    question: dict[str, Any] = {
         "container": call.container,
         "uid": uid if isinstance(uid, int) else None,
         "mapped": _mapped(linux),
     }
+    if options.source == CRI:
+        pod = pod_of(config)
+        if pod is not None and pod["namespace"] in SYSTEM_NAMESPACES:
+            return []
+        question["pod"] = pod
     answer = ask_agent(options, question)
     warnings = []
     if answer is None:
@@ -228,6 +255,7 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
         runc=values.get("runc", "runc"),
         timeout_s=float(values.get("timeout", "3")),
         proc_devices=values.get("proc-devices", "/proc/devices"),
+        source=values.get("source", "docker"),
     )
     return options, argv[split + 1 :]
 

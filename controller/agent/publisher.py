@@ -18,9 +18,16 @@ from kubernetes.client.exceptions import ApiException
 
 from controller.agent.report import without_heartbeat
 from controller.api.base import GROUP, VERSION
-from controller.api.node import GPUNodeSpec, GPUNodeStatus, Violation, WorkloadReport
+from controller.api.node import (
+    AuditAnchor,
+    GPUNodeSpec,
+    GPUNodeStatus,
+    Violation,
+    WorkloadReport,
+)
 from controller.policy.nodespec import read_spec
 from controller.runtime.audit import AuditLog
+from controller.runtime.auditchain import Anchor
 
 log = structlog.get_logger("ds01.agent")
 COMPONENT = "ds01-agent"
@@ -67,6 +74,7 @@ class Publisher:
         self._written: GPUNodeStatus | None = None
         self._written_at: datetime | None = None
         self._uid: str | None = None
+        self.anchor: AuditAnchor | None = None
 
     def ensure_node(self) -> PolicyView:
         """Read our GPUNode, creating it (spec Audit) when the operator has not yet."""
@@ -96,9 +104,17 @@ class Publisher:
                 self._written = None
         return policy_view(stored)
 
+    def keep_anchor(self, anchor: Anchor) -> None:
+        """The audit trail's latest signed checkpoint: the next status write carries it."""
+        self.anchor = AuditAnchor(seq=anchor.seq, chain=anchor.chain)
+
     def publish(self, report: GPUNodeStatus, now: datetime | None = None) -> bool:
         """Write ``report`` if it changed (after the minimum interval) or the heartbeat is due."""
         now = now or datetime.now(UTC)
+        anchor = self.anchor
+        if anchor is not None and report.agent is not None:
+            agent = report.agent.model_copy(update={"audit_anchor": anchor})
+            report = report.model_copy(update={"agent": agent})
         last = self._written_at
         changed = self._written is None or without_heartbeat(self._written) != without_heartbeat(
             report

@@ -37,6 +37,7 @@ from controller.agent.enforcer import Notify, slot_devices
 from controller.agent.inventory import Inventory
 from controller.agent.scan import read_passwd
 from controller.agent.trust import verify
+from controller.policy.attribution import SYSTEM_NAMESPACES
 from controller.policy.enforcement import Number, Place, creation_numbers
 
 log = structlog.get_logger("ds01.agent.runtime")
@@ -49,6 +50,22 @@ LOOKUP_TIMEOUT_S = 1.5
 
 class RequestError(ValueError):
     """A question the gate cannot read."""
+
+
+PodRef = tuple[str, str]
+"""(namespace, name) of the pod a CRI container belongs to."""
+
+
+def read_pod(body: Mapping[str, Any]) -> PodRef | None:
+    """The pod the CRI front named (containerd's annotations), or None."""
+    pod = body.get("pod")
+    if pod is None:
+        return None
+    if not isinstance(pod, Mapping) or not all(
+        isinstance(pod.get(k), str) and pod.get(k) for k in ("namespace", "name")
+    ):
+        raise RequestError("pod: must name the pod's namespace and name")
+    return str(pod["namespace"]), str(pod["name"])
 
 
 def read_request(body: Mapping[str, Any]) -> tuple[str, int | None, list[Number]]:
@@ -168,15 +185,18 @@ class RuntimeGate:
             body = json.loads(line)
             if not isinstance(body, dict):
                 raise RequestError("the question must be a JSON object")
-            return self.answer(*read_request(body))
+            return self.answer(*read_request(body), pod=read_pod(body))
         except (RequestError, json.JSONDecodeError) as error:
             return {"error": str(error)}
         except Exception as error:  # the wrapper then fails closed
             log.exception("cannot answer the runtime wrapper")
             return {"error": f"agent error: {error}"}
 
-    def answer(self, container: str, uid: int | None, mapped: list[Number]) -> dict[str, Any]:
-        """What ``container`` may open; `allowed` is null when nothing is closed (Audit, Off)."""
+    def answer(
+        self, container: str, uid: int | None, mapped: list[Number], pod: PodRef | None = None
+    ) -> dict[str, Any]:
+        """What ``container`` may open; `allowed` is null when nothing is closed (Audit, Off,
+        or a pod in a system namespace, which the passes leave alone too)."""
         now = datetime.now(UTC)
         inventory = self._inventory()
         if inventory is None:
@@ -185,9 +205,12 @@ class RuntimeGate:
         numbers = gpu_numbers(inventory)
         mode = self.agent.mode
         spec = self.agent.policy.spec if self.agent.policy is not None else None
-        if spec is None or mode != "Enforce":
+        if spec is None or mode != "Enforce" or (pod is not None and pod[0] in SYSTEM_NAMESPACES):
             return {"mode": mode, "numbers": sorted(numbers), "allowed": None}
-        place, how = self._place(container, uid, mapped, inventory)
+        if pod is not None:
+            place, how = self._pod_place(container, pod)
+        else:
+            place, how = self._place(container, uid, mapped, inventory)
         slots = slot_devices(inventory)
         control = frozenset((d.major, d.minor) for d in inventory.control)
         allowed = creation_numbers(
@@ -211,6 +234,19 @@ class RuntimeGate:
             "allowed": sorted(allowed),
             "owner": place.owner,
         }
+
+    def _pod_place(self, container: str, pod: PodRef) -> tuple[Place, str]:
+        """A pod's container as the passes see it: the account of its namespace, and the
+        devices the kubelet allocated to the pod (PodResources; it allocates at
+        admission, before any container of the pod is created)."""
+        by_namespace, allocations = self.agent.allocations_now()
+        return Place(
+            path="",
+            kind="pod",
+            owner=by_namespace.get(pod[0]),
+            allocated=allocations.get(pod, frozenset()),
+            container_id=container,
+        ), "pod namespace"
 
     def _place(
         self, container: str, uid: int | None, mapped: list[Number], inventory: Inventory

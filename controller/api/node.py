@@ -270,6 +270,15 @@ class Violation(Model):
     """When it was first seen."""
 
 
+class AuditAnchor(Model):
+    """The latest signed checkpoint of the agent's audit trail, kept outside the node."""
+
+    seq: Annotated[int, Field(ge=1)]
+    """The last record the checkpoint covers."""
+    chain: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", max_length=64)]
+    """That record's SHA-256: `ds01 audit verify --node` checks the trail reaches it unchanged."""
+
+
 class AgentInfo(Model):
     """The agent reporting this status."""
 
@@ -281,6 +290,8 @@ class AgentInfo(Model):
     """NVIDIA driver version NVML reports."""
     cgroup_version: Literal["v1", "v2"] | None = None
     """The cgroup hierarchy device rules are enforced in."""
+    audit_anchor: AuditAnchor | None = None
+    """The latest signed checkpoint of the agent's audit trail (set when it has a key)."""
 
 
 class GPUNodeStatus(Model):

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from controller.cli import options
+from controller.cli import agentcreds, auditflags, options
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -26,6 +26,7 @@ def _run(args: argparse.Namespace) -> int:
             proc_root=args.proc_root,
             driver_proc_root=args.driver_proc_root,
             dev_root=args.dev_root,
+            host_dev_root=args.host_dev_root,
             cgroup_root=args.cgroup_root,
             passwd=args.passwd,
             docker_socket=args.docker_socket,
@@ -50,8 +51,10 @@ def _run(args: argparse.Namespace) -> int:
             if args.gateway_allow_capability is not None
             else None,
             gateway_runtime=args.gateway_runtime,
+            gateway_host_etc=args.gateway_host_etc,
             runtime_dir=args.runtime_dir,
             log_level=args.log_level,
+            audit=auditflags.settings(args),
         )
     )
 
@@ -70,6 +73,13 @@ def register(commands: Any) -> None:
         help="where /proc/devices and /proc/driver/nvidia-caps are read (default: --proc-root)",
     )
     parser.add_argument("--dev-root", type=Path, default=Path("/dev"))
+    parser.add_argument(
+        "--host-dev-root",
+        type=Path,
+        help="the host's path of the directory --dev-root shows, when the agent sees it"
+        " elsewhere: the device plugin and the Docker gateway name host paths (default: /dev"
+        " for the kubelet, --dev-root itself for Docker)",
+    )
     parser.add_argument("--cgroup-root", type=Path, default=Path("/sys/fs/cgroup"))
     parser.add_argument(
         "--passwd",
@@ -167,6 +177,12 @@ def register(commands: Any) -> None:
         help="the runtime every user container runs under (e.g. the ds01 device-rule wrapper)",
     )
     parser.add_argument(
+        "--gateway-host-etc",
+        type=Path,
+        help="the host's /etc where the agent sees it mounted (in a pod): the gateway reads"
+        " users and groups from its passwd and group files (default: this system's NSS)",
+    )
+    parser.add_argument(
         "--runtime-dir",
         type=Path,
         help="answer the runtime wrapper ds01-runc here (its socket and fail-closed table), "
@@ -176,4 +192,6 @@ def register(commands: Any) -> None:
         "--log-level", type=options.log_level, default="INFO", help="DEBUG, INFO, WARNING, ERROR"
     )
     parser.set_defaults(run=_run)
+    auditflags.add(parser)
     options.with_environment(parser)  # keep last: it covers every option added above
+    agentcreds.register(parser)  # `ds01 agent enroll|credentials`: their own options only

@@ -29,7 +29,7 @@ from typing import Any
 
 from controller.api.account import LABEL_USER
 from controller.api.accountpolicy import POLICY_CONFIGMAP
-from controller.devcluster import agentnode, binaries, dockerd, simnode
+from controller.devcluster import agentnode, binaries, dockerd, image, node, podnode, simnode
 from controller.devcluster.controlplane import (
     ADMIN_USER,
     ControlPlaneError,
@@ -206,24 +206,45 @@ def add_simulated_node(
     )
 
 
-def add_dev_node(cluster: LocalCluster, agent: bool = True) -> agentnode.AgentNode | str:
-    """The simulated GPU node: run by a real agent when this host can, else a written status.
+DevNode = podnode.PodNode | agentnode.AgentNode | str
+"""What `up` runs the GPU node with: a real node (pods), host processes, or nothing (why)."""
+
+
+def add_dev_node(cluster: LocalCluster, agent: bool = True, real: bool = True) -> DevNode:
+    """The simulated GPU node, as far as this host allows.
+
+    - a real node (kubelet, containerd) running the manifests: the operator and the
+      agent as pods, from the project's image (`devcluster.podnode`);
+    - else the agent as a host process with its own dockerd (`devcluster.agentnode`;
+      the caller then runs the operator as a host process too);
+    - else a GPUNode whose status is written once, as an agent would.
 
     Returns the running node, or why no agent runs (for one line of output).
     """
     unmet = agentnode.unmet_requirements() if agent else []
     if agent and not unmet:
+        if real and not (without := node.unmet_requirements()):
+            return podnode.start(cluster, SIMULATED_NODE)
+        if real:
+            print(f"no real node: needs {'; '.join(without)}; the agent runs as a host process")
         return agentnode.start(cluster, SIMULATED_NODE)
     add_simulated_node(cluster, SIMULATED_NODE)
     return f"needs {'; '.join(unmet)}" if unmet else "--no-agent given"
 
 
-def start_operator(cluster: LocalCluster, *extra: str, deadline_s: float = 60) -> ManagedProcess:
-    """Run `ds01 operator` as the ds01-operator ServiceAccount, so RBAC applies to it."""
+def start_operator(
+    cluster: LocalCluster, *extra: str, deadline_s: float = 60, name: str = "operator"
+) -> ManagedProcess:
+    """Run `ds01 operator` as the ds01-operator ServiceAccount, so RBAC applies to it.
+
+    ``name`` names its log (`logs/<name>.log`) and its identity in the leader Lease:
+    replicas of one cluster need their own; a restart under the same name leads again
+    at once (the process it replaces is gone), without waiting for the Lease to expire.
+    """
     kubeconfig = cluster.service_account_kubeconfig("ds01-system", "ds01-operator")
     port = free_port()
     process = cluster.spawn(
-        "operator",
+        name,
         [
             sys.executable,
             "-m",
@@ -233,6 +254,7 @@ def start_operator(cluster: LocalCluster, *extra: str, deadline_s: float = 60) -
             f"--audit-log={cluster.workdir / 'audit.jsonl'}",
             f"--liveness=http://127.0.0.1:{port}/healthz",
             "--default-enforcement=Audit",
+            f"--leader-identity={name}",
             *extra,
         ],
     )
@@ -263,8 +285,9 @@ def _up(args: argparse.Namespace) -> int:
     try:
         cluster.start()
         install(cluster, samples=not args.no_samples)
-        node = add_dev_node(cluster, agent=not args.no_agent)
-        start_operator(cluster)
+        dev_node = add_dev_node(cluster, agent=not args.no_agent, real=not args.no_node)
+        if not isinstance(dev_node, podnode.PodNode):
+            start_operator(cluster)
     except (ControlPlaneError, KubectlError, RuntimeError, TimeoutError) as error:
         cluster.stop()
         print(
@@ -279,19 +302,24 @@ def _up(args: argparse.Namespace) -> int:
         raise
     elapsed = time.monotonic() - started
     kubectl_dir = built.kubectl.parent
+    audit = (
+        dev_node.operator_audit_log
+        if isinstance(dev_node, podnode.PodNode)
+        else workdir / "audit.jsonl"
+    )
     print(
         f"\nds01 local control plane is up in {elapsed:.1f}s "
         f"(Kubernetes {built.kubernetes_version}, etcd {built.etcd_version})\n"
         f"  API server:  {cluster.server}\n"
-        f"  operator:    running as ServiceAccount ds01-system/ds01-operator\n"
-        f"  GPU node:    {SIMULATED_NODE} (simulated: {_gpus(node)} x A100-80GB,"
+        f"{_operator_line(dev_node)}"
+        f"  GPU node:    {SIMULATED_NODE} (simulated: {_gpus(dev_node)} x A100-80GB,"
         " GPUs 0-1 in MIG mode)\n"
-        f"{_node_lines(node)}"
-        f"  logs:        {workdir / 'logs'}   audit: {workdir / 'audit.jsonl'}\n\n"
+        f"{_node_lines(dev_node)}"
+        f"  logs:        {workdir / 'logs'}   audit: {audit}\n\n"
         f"  export KUBECONFIG={shlex.quote(str(cluster.kubeconfig))}\n"
         f"  export PATH={shlex.quote(str(kubectl_dir))}:$PATH"
         f"   # kubectl {built.kubernetes_version}\n"
-        f"{_node_exports(node)}\n"
+        f"{_node_exports(dev_node)}\n"
         "  kubectl get ds01 -A\n"
         "  ds01 dev kubeconfig --user 248835@lab.example --group student   # act as a student\n",
         flush=True,
@@ -323,7 +351,28 @@ def clear_state(workdir: Path) -> str | None:
     return None
 
 
-def _node_lines(node: agentnode.AgentNode | str) -> str:
+def _operator_line(dev_node: DevNode) -> str:
+    if isinstance(dev_node, podnode.PodNode):
+        return (
+            "  operator:    Deployment ds01-system/ds01-operator, image"
+            f" {dev_node.image.name} (`kubectl get pods -n ds01-system`)\n"
+        )
+    return "  operator:    a host process, as ServiceAccount ds01-system/ds01-operator\n"
+
+
+def _node_lines(node: DevNode) -> str:
+    if isinstance(node, podnode.PodNode):
+        return (
+            f"  node:        {node.name} Ready: kubelet and containerd"
+            f" (logs {node.real.cluster.workdir / 'logs'})\n"
+            f"  node agent:  DaemonSet ds01-system/ds01-agent on {node.name}, enforcing"
+            f" (fake NVML; audit {node.agent_audit_log})\n"
+            f"  docker:      {node.gateway_host} (the Docker gateway: users' docker CLI; root and"
+            " admins pass through)\n"
+            f"               {node.engine.host} (the node's own dockerd, root only; images"
+            f" {dockerd.IMAGE}, {node.image.name})\n"
+            f"  GPU devices: {node.dev_root}/nvidia<minor>\n"
+        )
     if isinstance(node, str):
         return (
             f"  no agent:    {node}\n"
@@ -341,16 +390,17 @@ def _node_lines(node: agentnode.AgentNode | str) -> str:
     )
 
 
-def _gpus(node: agentnode.AgentNode | str) -> int:
+def _gpus(node: DevNode) -> int:
     return len(simnode.inventory(SIMULATED_NODE)) if isinstance(node, str) else node.gpus
 
 
-def _node_exports(node: agentnode.AgentNode | str) -> str:
+def _node_exports(node: DevNode) -> str:
     if isinstance(node, str):
         return ""
+    engine = node.engine.host if isinstance(node, podnode.PodNode) else node.docker_host
     return (
         f"  export DOCKER_HOST={shlex.quote(node.gateway_host)}   # the node's Docker gateway\n"
-        f"  export DS01_ENGINE={shlex.quote(node.docker_host)}   # its dockerd (root only)\n"
+        f"  export DS01_ENGINE={shlex.quote(engine)}   # its dockerd (root only)\n"
         f"  export DS01_GPU_DEV={shlex.quote(str(node.dev_root))}   # its device nodes\n"
         "  # a user's docker CLI: runuser -u <login> -- env DOCKER_HOST=$DOCKER_HOST docker ...\n"
         "  # (a Linux login named in an account's gpu.ds01.io/linux-user; README walk-through)\n"
@@ -387,9 +437,14 @@ def _build(args: argparse.Namespace) -> int:
     built = binaries.ensure()
     print(
         f"Kubernetes {built.kubernetes_version} in {built.kubernetes_dir}\n"
-        f"etcd {built.etcd_version} in {built.etcd_dir}\n"
-        f"ready in {time.monotonic() - started:.1f}s"
+        f"etcd {built.etcd_version} in {built.etcd_dir}"
     )
+    if unmet := node.unmet_requirements():
+        print(f"no image: the node it is for needs {'; '.join(unmet)}")
+    else:
+        made = image.build()
+        print(f"{made.name} in {made.archive} ({made.size_bytes / 2**20:.0f} MiB)")
+    print(f"ready in {time.monotonic() - started:.1f}s")
     return 0
 
 
@@ -410,42 +465,3 @@ def _kubeconfig(args: argparse.Namespace) -> int:
         f"export KUBECONFIG={shlex.quote(str(path))}   # {args.user} in {args.group or 'no groups'}"
     )
     return 0
-
-
-def register(commands: Any) -> None:
-    parser = commands.add_parser("dev", help="run the embedded local control plane")
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        help="state directory (default: $DS01_DEV_DIR or ~/.local/state/ds01-controller/dev)",
-    )
-    sub = parser.add_subparsers(dest="dev_command", required=True, metavar="ACTION")
-    up = sub.add_parser("up", help="build if needed, start, install CRDs, RBAC and samples")
-    up.add_argument("--no-samples", action="store_true", help="install CRDs and RBAC only")
-    up.add_argument("--detach", action="store_true", help="return once up; `down` stops it")
-    up.add_argument(
-        "--fresh",
-        action="store_true",
-        help="delete the state of earlier runs first (cluster data, the node's containers)",
-    )
-    up.add_argument(
-        "--no-agent",
-        action="store_true",
-        help="write the GPU node's status instead of running an agent with its own dockerd",
-    )
-    up.set_defaults(run=_up)
-    build = sub.add_parser("build", help="build the control-plane binaries if missing")
-    build.set_defaults(run=_build)
-    down = sub.add_parser("down", help="stop a local control plane started by `up`")
-    down.set_defaults(run=_down)
-    kubeconfig = sub.add_parser(
-        "kubeconfig", help="mint a client certificate for a user and print its KUBECONFIG"
-    )
-    kubeconfig.add_argument("--user", required=True, help="user name (certificate CN)")
-    kubeconfig.add_argument(
-        "--group",
-        action="append",
-        default=[],
-        help="group (certificate O); repeat for several, e.g. ds01:approvers",
-    )
-    kubeconfig.set_defaults(run=_kubeconfig)

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from controller import __version__
-from controller.cli import agent, crds, dev, ds01, operator
+from controller.cli import agent, crds, devcommand, ds01, monitoring, operator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,8 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ds01-controller {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    dev.register(commands)
+    devcommand.register(commands)
     crds.register(commands)
+    monitoring.register(commands)
     operator.register(commands)
     agent.register(commands)
     ds01.register(commands, parser)

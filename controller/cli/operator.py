@@ -1,12 +1,13 @@
-"""`ds01 operator`: the kopf operator (one active replica per cluster)."""
+"""`ds01 operator`: the kopf operator (replicas elect one leader that writes)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
-from controller.cli import options
+from controller.cli import auditflags, leaderflags, options
 from controller.cli.options import duration as _duration
 from controller.cli.options import positive_duration as _positive_duration
 
@@ -14,12 +15,18 @@ from controller.cli.options import positive_duration as _positive_duration
 def _run(args: argparse.Namespace) -> int:
     from controller.operator.main import OperatorOptions, run
     from controller.runtime import logs
+    from controller.runtime.audittrail import AuditKeyError
 
     sources = options.resolve(args)  # flags, then $DS01_*, then defaults; exits 2 if bad
     logs.configure(args.log_level)
     options.log_effective("ds01.operator", args, sources)
-    return run(
-        OperatorOptions(
+    try:
+        leader = leaderflags.settings(args)
+    except ValueError as error:
+        print(f"ds01 operator: {error}", file=sys.stderr)
+        return 2
+    try:
+        settings = OperatorOptions(
             kubeconfig=args.kubeconfig,
             audit_log=args.audit_log,
             metrics_port=args.metrics_port,
@@ -39,8 +46,14 @@ def _run(args: argparse.Namespace) -> int:
             pod_security_warn=args.pod_security_warn,
             usage_interval=args.usage_interval,
             usage_retention=args.usage_retention,
+            audit=auditflags.settings(args),
+            audit_anchor=args.audit_anchor or None,
+            **leader,
         )
-    )
+        return run(settings)
+    except AuditKeyError as error:
+        print(f"ds01 operator: {error}", file=sys.stderr)
+        return 2
 
 
 def register(commands: Any) -> None:
@@ -146,4 +159,12 @@ def register(commands: Any) -> None:
         help="how long the usage history is kept (default 400 days)",
     )
     parser.set_defaults(run=_run)
+    auditflags.add(parser)
+    parser.add_argument(
+        "--audit-anchor",
+        default="ds01-system/ds01-audit-anchor",
+        help="NAMESPACE/NAME of the ConfigMap the latest signed checkpoint is kept in "
+        "(empty: none)",
+    )
+    leaderflags.add(parser)
     options.with_environment(parser)  # keep last: it covers every option added above

@@ -42,6 +42,18 @@ class _Unset:
         return repr(self.default)
 
 
+class _UnsetList(list[Any]):
+    """The same for a repeatable option: argparse appends flag values to its default,
+    so the marker must be a list; still empty after parsing means "not given"."""
+
+    def __init__(self, default: Any) -> None:
+        super().__init__()
+        self.default = default
+
+    def __repr__(self) -> str:
+        return repr(self.default)
+
+
 # -- value types shared by both binaries -------------------------------------------
 
 
@@ -134,7 +146,8 @@ def with_environment(parser: argparse.ArgumentParser) -> None:
             required.append(action.dest)
         shown = "" if action.default in (None, False) else f"; default {action.default}"
         action.help = f"{action.help or ''} [${env_name(action)}{shown}]".lstrip()
-        action.default = _Unset(action.default)
+        appends = isinstance(action, argparse._AppendAction)
+        action.default = _UnsetList(action.default) if appends else _Unset(action.default)
     parser.set_defaults(**{_REQUIRED: tuple(required), _PARSER: parser})
 
 
@@ -176,6 +189,12 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
     problems: list[str] = []
     for action in _options(parser):
         value = getattr(args, action.dest, None)
+        if isinstance(value, _UnsetList):
+            if value:  # the flag was given (repeatedly): its values, as a plain list
+                setattr(args, action.dest, list(value))
+                sources[action.dest] = "flag"
+                continue
+            value = _Unset(value.default)
         if not isinstance(value, _Unset):
             sources[action.dest] = "flag"
             continue

@@ -26,10 +26,13 @@ import secrets
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from kubernetes import config
 
 from controller import __version__
 from controller.devcluster import binaries, dockerd, simnode
@@ -46,7 +49,8 @@ from controller.devcluster.fakegpu.devtree import make_devtree
 from controller.devcluster.fakegpu.holdable import gpu_minors, unsuitable_reason
 from controller.devcluster.process import wait_until
 from controller.policy.nodes import ENFORCEMENT_LABEL
-from controller.runtime import runcfront
+from controller.runtime import agentenrollment, fieldmanager, runcfront
+from controller.runtime.agentcredentials import PendingRequest
 
 AGENT_NAMESPACE = "ds01-system"
 AGENT_ACCOUNT = "ds01-agent"
@@ -90,43 +94,38 @@ def run_dir(workdir: Path) -> Path:
     return base / f"ds01-dev-{digest}"
 
 
-def agent_kubeconfig(cluster: LocalCluster, node: str, duration: str = "168h") -> Path:
-    """A kubeconfig for the ds01-agent ServiceAccount with a token bound to a pod on ``node``.
+def agent_kubeconfig(cluster: LocalCluster, node: str) -> Path:
+    """The agent's credentials, enrolled as a Docker host's agent is (`docs/docker-host.md`).
 
-    Why a pod: the admission policy `ds01-agent-own-node` lets an agent write
-    only the GPUNode of the node its token names, and only a pod-bound token
-    names one (a plain `kubectl create token` is refused, as it should be).
-    There is no kubelet here, so the pod stands in for the DaemonSet's pod on
-    that node: bound by `spec.nodeName`, never run. The agent then works under
-    exactly the RBAC and admission it gets in production.
+    The agent runs as a host process, not in a pod, so it holds what a Docker
+    host's agent holds: a client certificate naming its node (user
+    ``ds01-agent:node:<node>``, group ``ds01:agents``), issued through the
+    CertificateSigningRequest API by the cluster's own signer and approved by
+    the admin running `up`. RBAC and the admission policy `ds01-agent-own-node`
+    judge it exactly as they judge a lab's Docker host. (A token bound to a
+    stand-in pod, as before, dies with that pod, which a real cluster's pod
+    garbage collector deletes when no kubelet runs it.)
     """
-    pod = f"{AGENT_ACCOUNT}-{node}"
-    manifest = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": pod,
-            "namespace": AGENT_NAMESPACE,
-            "labels": {"app.kubernetes.io/component": "agent", "gpu.ds01.io/simulated": "true"},
-        },
-        "spec": {
-            "nodeName": node,
-            "serviceAccountName": AGENT_ACCOUNT,
-            "containers": [{"name": "agent", "image": "ds01-controller:dev"}],
-        },
-    }
-    cluster.apply("-f", "-", stdin=json.dumps(manifest))
-    token = cluster.kubectl(
-        "create",
-        "token",
-        AGENT_ACCOUNT,
-        "-n",
-        AGENT_NAMESPACE,
-        "--bound-object-kind=Pod",
-        f"--bound-object-name={pod}",
-        f"--duration={duration}",
-    ).stdout.strip()
-    return cluster.token_kubeconfig(f"{AGENT_NAMESPACE}.{AGENT_ACCOUNT}.{node}", token)
+    path = cluster.workdir / "node" / "agent.kubeconfig"
+    # A request an earlier `up` left would be signed by that run's CA.
+    PendingRequest.discard(path)
+    admin = fieldmanager.name_writes(
+        config.new_client_from_config(config_file=str(cluster.kubeconfig)), fieldmanager.DEV
+    )
+    try:
+        agentenrollment.enroll(admin, node, path, approve_it=True, wait_s=60)
+    finally:
+        admin.close()
+    # An earlier `up`'s stand-in pod: nothing runs it, and a kubelet of this name would try.
+    cluster.kubectl(
+        "delete",
+        "pod",
+        f"{AGENT_ACCOUNT}-{node}",
+        f"--namespace={AGENT_NAMESPACE}",
+        "--ignore-not-found",
+        "--wait=false",
+    )
+    return path
 
 
 def gateway_key(path: Path) -> Path:
@@ -168,8 +167,13 @@ class AgentNode:
         return self.dev_root / f"nvidia{minor}"
 
 
-def start(cluster: LocalCluster, name: str, deadline_s: float = 120) -> AgentNode:
-    """Create the node's GPUNode (Enforce), start its dockerd and agent, wait for its report."""
+def start(
+    cluster: LocalCluster, name: str, deadline_s: float = 120, extra_args: Sequence[str] = ()
+) -> AgentNode:
+    """Create the node's GPUNode (Enforce), start its dockerd and agent, wait for its report.
+
+    ``extra_args`` are added to the agent's command line (the chaos tier signs its trail).
+    """
     root = cluster.workdir / "node"
     root.mkdir(parents=True, exist_ok=True)
     # Created by the admin, labelled Enforce: the operator then writes an enforcing
@@ -209,6 +213,7 @@ def start(cluster: LocalCluster, name: str, deadline_s: float = 120) -> AgentNod
             f"--runtime-dir={engine.runtime_dir}",
             f"--state-dir={root / 'state'}",
             f"--audit-log={audit}",
+            *extra_args,
         ],
         env={**os.environ, TOPOLOGY_ENV: str(topology_file)},
     )

@@ -19,7 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kubectl", "kube-scheduler")
+KUBERNETES_COMMANDS = (
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kubectl",
+    "kube-scheduler",
+    "kubelet",
+)
 
 
 def source_root() -> Path:
@@ -74,6 +80,10 @@ class Binaries:
         return self.kubernetes_dir / "kubectl"
 
     @property
+    def kubelet(self) -> Path:
+        return self.kubernetes_dir / "kubelet"
+
+    @property
     def etcd(self) -> Path:
         return self.etcd_dir / "etcd"
 
@@ -104,13 +114,21 @@ def _go_build(module_dir: Path, packages: list[str], out: Path, ldflags: str) ->
     subprocess.run(command, cwd=module_dir, env=env, check=True)
 
 
-def _build_into(final: Path, build: Callable[[Path], None]) -> None:
+def _build_into(final: Path, names: list[str], build: Callable[[Path], None]) -> None:
+    """Build ``names`` into a staging folder, then move each into ``final``.
+
+    A command added to the list later (kubelet, after the control plane) is
+    built alone, next to the binaries already cached; each lands by a rename,
+    so none is ever seen half-written.
+    """
     staging = final.with_name(final.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     build(staging)
-    shutil.rmtree(final, ignore_errors=True)
-    staging.rename(final)
+    final.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (staging / name).rename(final / name)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def ensure() -> Binaries:
@@ -123,7 +141,8 @@ def ensure() -> Binaries:
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if any(p.parent == binaries.kubernetes_dir for p in binaries.missing()):
+        commands = [p.name for p in binaries.missing() if p.parent == binaries.kubernetes_dir]
+        if commands:
             version = binaries.kubernetes_version
             major, minor = version.lstrip("v").split(".")[:2]
             base = "k8s.io/component-base/version"
@@ -132,14 +151,18 @@ def ensure() -> Binaries:
                 f"-X {base}.gitMinor={minor} -X {base}.gitTreeState=clean "
                 f"-X k8s.io/client-go/pkg/version.gitVersion={version}"
             )
-            packages = [f"k8s.io/kubernetes/cmd/{c}" for c in KUBERNETES_COMMANDS]
-            _build_into(
-                binaries.kubernetes_dir,
-                lambda out: _go_build(tools / "k8s", packages, out, ldflags),
-            )
+            packages = [f"k8s.io/kubernetes/cmd/{c}" for c in commands]
+
+            def build_kubernetes(out: Path) -> None:
+                # One command: the binary's path; several: the folder they go to.
+                target = out / commands[0] if len(commands) == 1 else out
+                _go_build(tools / "k8s", packages, target, ldflags)
+
+            _build_into(binaries.kubernetes_dir, commands, build_kubernetes)
         if binaries.etcd in binaries.missing():
             _build_into(
                 binaries.etcd_dir,
+                ["etcd"],
                 lambda out: _go_build(
                     tools / "etcd", ["go.etcd.io/etcd/server/v3"], out / "etcd", "-s -w"
                 ),

@@ -2,12 +2,14 @@
 
 This is what tests and ``ds01 dev up`` run against, so CRD schemas, CEL rules,
 admission policies, RBAC and quota are judged by Kubernetes itself. Users are
-client certificates signed by a throwaway CA; authorization is RBAC only (no
-kubelet, so no Node authorizer). The controller-manager runs a named set of
+client certificates signed by a throwaway CA; authorization is Node and RBAC,
+with NodeRestriction, so the embedded node's kubelet (`devcluster.node`) is held
+to exactly what a lab's kubelets are. The controller-manager runs a named set of
 controllers: the ones a namespace-per-user design needs (quota, namespaces,
 service accounts and tokens, garbage collection, owner controllers for
-reaping) and never podgc, which would delete every pod bound to a node that
-does not exist.
+reaping, DaemonSets for the node agent) and never podgc, which would delete
+every pod bound to a node that does not exist (the test tiers bind pods to
+nodes that have no kubelet).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from types import TracebackType
 from typing import Any
 
 from controller.devcluster import binaries as binaries_module
+from controller.devcluster.containerd import NODE_ADDRESS
 from controller.devcluster.kubeconfig import write_kubeconfig
 from controller.devcluster.pki import CertificateAuthority, KeyPair, service_account_keys
 from controller.devcluster.process import ManagedProcess, PidFile, spawn, wait_until
@@ -43,11 +46,20 @@ DEFAULT_CONTROLLERS = (
     "deployment-controller",
     "replicaset-controller",
     "statefulset-controller",
+    "daemonset-controller",
+    # Lifts the not-ready taint a kubelet registers its node with, once it is Ready.
+    "node-lifecycle-controller",
+    # Docker-host agents' certificates: CertificateSigningRequests signed with the
+    # cluster CA once approved (`ds01 agent enroll`), and cleaned up afterwards.
+    "certificatesigningrequest-signing-controller",
+    "certificatesigningrequest-cleaner-controller",
 )
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 ADMIN_USER = "ds01-dev-admin"
+KUBELET_CLIENT_USER = "kube-apiserver-kubelet-client"
+"""Who the apiserver is to kubelets (logs, exec): a member of system:masters."""
 
 
 class ControlPlaneError(RuntimeError):
@@ -230,6 +242,8 @@ class LocalCluster:
             [
                 "localhost",
                 "127.0.0.1",
+                # The embedded node's pods reach the apiserver through a relay there.
+                NODE_ADDRESS,
                 SERVICE_IP,
                 "kubernetes",
                 "kubernetes.default",
@@ -239,6 +253,7 @@ class LocalCluster:
         ).write(pki, "apiserver")
         self._ca.client(ADMIN_USER, ("system:masters",)).write(pki, "admin")
         self._ca.client("system:kube-controller-manager").write(pki, "controller-manager")
+        self._ca.client(KUBELET_CLIENT_USER, ("system:masters",)).write(pki, "kubelet-client")
         service_account_keys().write(pki, "sa")
 
     def spawn(
@@ -327,7 +342,15 @@ class LocalCluster:
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
                 f"--client-ca-file={pki / 'ca.crt'}",
-                "--authorization-mode=RBAC",
+                # Node: kubelets (the embedded node's) get exactly their own node's
+                # objects; NodeRestriction stops one writing another node or labels it
+                # may not set. Harmless where no kubelet runs.
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'kubelet-client.key'}",
+                f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+                "--kubelet-preferred-address-types=InternalIP",
                 f"--service-account-issuer={ISSUER}",
                 f"--api-audiences={ISSUER}",
                 f"--service-account-key-file={pki / 'sa.crt'}",
@@ -376,6 +399,8 @@ class LocalCluster:
                 f"--controllers={','.join(self.controllers)}",
                 f"--service-account-private-key-file={pki / 'sa.key'}",
                 f"--root-ca-file={pki / 'ca.crt'}",
+                f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+                f"--cluster-signing-key-file={pki / 'ca.key'}",
                 "--use-service-account-credentials=true",
                 "--leader-elect=false",
                 "--kube-api-qps=200",
@@ -436,4 +461,8 @@ def stop_recorded(workdir: Path) -> int:
         if process.pid != os.getpid():
             process.stop()
     pid_file.remove()
+    # A real node's pods, shims, mounts and cgroups outlive its processes.
+    from controller.devcluster import node
+
+    node.teardown(Path(workdir))
     return len(running)

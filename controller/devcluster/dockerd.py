@@ -167,6 +167,21 @@ class Dockerd:
             raise RuntimeError(f"docker {' '.join(args)}: {result.stderr.strip()}")
         return result.stdout.strip()
 
+    def load(self, archive: Path, name: str) -> None:
+        """`docker load` a docker-archive unless ``name`` is there with the same contents.
+
+        The archive's file name carries its content key (`devcluster.image`), recorded
+        beside the data root, so a changed image replaces the old one under its tag.
+        """
+        stamp = self.root / f".loaded-{name.replace('/', '_').replace(':', '_')}"
+        inspect = subprocess.run(
+            self.docker_command("image", "inspect", name), capture_output=True, check=False
+        )
+        if inspect.returncode == 0 and stamp.exists() and stamp.read_text() == archive.name:
+            return
+        self.docker("load", "--quiet", "--input", str(archive))
+        stamp.write_text(archive.name)
+
     def _ensure_image(self) -> None:
         """Import `IMAGE` unless a kept data root (`ds01 dev up` again) already has it."""
         inspect = subprocess.run(

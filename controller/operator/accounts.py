@@ -33,6 +33,8 @@ from controller.policy.quota import same_limit_range
 
 Call = Callable[..., Coroutine[Any, Any, bool]]
 """`Writer.call`: runs a client call in the pool, counts it, returns whether it succeeded."""
+After = Callable[[str], Callable[[], None] | None]
+"""The audit records to write on the thread of an object's write, by its failure key."""
 
 LABELS = {MANAGED_BY_LABEL: MANAGED_BY, "app.kubernetes.io/part-of": "ds01-controller"}
 
@@ -62,7 +64,11 @@ def _create_or_patch(
 
 
 def account_jobs(
-    core: client.CoreV1Api, call: Call, plan: Plan, snapshot: Snapshot
+    core: client.CoreV1Api,
+    call: Call,
+    plan: Plan,
+    snapshot: Snapshot,
+    after: After = lambda key: None,
 ) -> list[tuple[str, Coroutine[Any, Any, bool]]]:
     """(failure key, write) for every account object that must change."""
     stored = ours(snapshot.managed)
@@ -70,7 +76,7 @@ def account_jobs(
     for namespace, decided in plan.accounts.items():
         jobs += _quota(core, call, decided, stored.get(("ResourceQuota", namespace)))
         jobs += _limit_range(core, call, decided, stored.get(("LimitRange", namespace)))
-        jobs += _policy(core, call, decided, stored.get(("ConfigMap", namespace)))
+        jobs += _policy(core, call, decided, stored.get(("ConfigMap", namespace)), after)
     for namespace, labels in sorted(plan.pod_security.items()):
         # Pod Security Admission's labels (ds01-account-labels lets only the
         # operator and admins change them on accounts).
@@ -165,7 +171,11 @@ def _limit_range(
 
 
 def _policy(
-    core: client.CoreV1Api, call: Call, decided: AccountDecision, stored: Stored | None
+    core: client.CoreV1Api,
+    call: Call,
+    decided: AccountDecision,
+    stored: Stored | None,
+    after: After,
 ) -> list[tuple[str, Coroutine[Any, Any, bool]]]:
     if stored is not None and dict(stored.content) == decided.data:
         return []
@@ -183,6 +193,7 @@ def _policy(
             decided.namespace,
             POLICY_CONFIGMAP,
             body,
+            after=after(key),
         )
     else:
         patch = {
@@ -195,5 +206,6 @@ def _policy(
             POLICY_CONFIGMAP,
             decided.namespace,
             patch,
+            after=after(key),
         )
     return [(key, write)]

@@ -22,6 +22,7 @@ from kubernetes import client, config
 from controller.api.accountpolicy import MANAGED_BY, MANAGED_BY_LABEL
 from controller.api.base import GROUP, VERSION
 from controller.api.kinds import GPUExemption, GPUGrant, GPUNode, GPURateLimit
+from controller.operator.election import LeaderElector
 from controller.operator.lifecycle import PodLifecycle
 from controller.operator.reconciler import Reconciler
 from controller.operator.usagehistory import UsageRecorder
@@ -82,25 +83,25 @@ def _configure(settings: kopf.OperatorSettings) -> None:
     settings.execution.max_workers = 4
 
 
-def register(
+def _background(
     registry: kopf.OperatorRegistry,
     reconciler: Reconciler,
-    kubeconfig: Path | None = None,
-    lifecycle: PodLifecycle | None = None,
-    usage: UsageRecorder | None = None,
+    lifecycle: PodLifecycle | None,
+    usage: UsageRecorder | None,
+    elector: LeaderElector | None,
 ) -> None:
-    """Register the handlers of one operator instance on ``registry``.
+    """The operator's own tasks beside kopf's: started with it, stopped before it ends.
 
-    With ``lifecycle``, its checks of GPU pods run beside the reconciler; with
-    ``usage``, so does the usage history.
-
-    With ``kubeconfig``, kopf authenticates from that file only (not from
-    whatever $KUBECONFIG the process inherited); without, in-cluster or default.
+    With ``elector``, they write only while this replica holds the Lease; at
+    shutdown it stops writing, lets the writes in flight finish, and hands the
+    Lease back so another replica takes over at once.
     """
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         _configure(settings)
+        if elector is not None:
+            elector.start()
         memo["task"] = asyncio.create_task(reconciler.run(), name="ds01-reconciler")
         if lifecycle is not None:
             memo["lifecycle"] = asyncio.create_task(lifecycle.run(), name="ds01-lifecycle")
@@ -113,8 +114,38 @@ def register(
             task = memo.get(name)
             if task is not None:
                 task.cancel()
+        if elector is not None:
+            await asyncio.to_thread(elector.resign)  # no write is sent after this
         with contextlib.suppress(TimeoutError):  # Events are best effort; audit is written
             await asyncio.wait_for(reconciler.writer.drain(), 5)
+        if elector is not None:
+            await asyncio.to_thread(reconciler.writer.pool.shutdown, wait=True)
+            await asyncio.to_thread(elector.release)
+
+    @kopf.on.probe(registry=registry, id="leader")
+    def leader(**_: Any) -> bool:
+        """In the liveness endpoint's answer: whether this replica leads (it may write)."""
+        return reconciler.gate.leading()
+
+
+def register(
+    registry: kopf.OperatorRegistry,
+    reconciler: Reconciler,
+    kubeconfig: Path | None = None,
+    lifecycle: PodLifecycle | None = None,
+    usage: UsageRecorder | None = None,
+    *,
+    elector: LeaderElector | None = None,
+) -> None:
+    """Register the handlers of one operator instance on ``registry``.
+
+    With ``lifecycle``, its checks of GPU pods run beside the reconciler; with
+    ``usage``, so does the usage history; with ``elector``, only while leading.
+
+    With ``kubeconfig``, kopf authenticates from that file only (not from
+    whatever $KUBECONFIG the process inherited); without, in-cluster or default.
+    """
+    _background(registry, reconciler, lifecycle, usage, elector)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

@@ -76,9 +76,9 @@ class PodLifecycle:
         """Told of every stop (the usage history charges reaped idle time)."""
 
     async def run(self) -> None:
-        """Check forever; cancelled by the operator's shutdown."""
-        await self.reconciler.ready()
+        """Check forever while leading; cancelled by the operator's shutdown."""
         while True:
+            await self.reconciler.leading()
             try:
                 await self.one_pass()
             except Exception:  # one bad pass must not stop the checks

@@ -20,7 +20,9 @@ from typing import Any
 
 import structlog
 
-from controller.operator import metrics
+from controller.operator import handover, metrics
+from controller.operator.election import Gate, Standalone
+from controller.operator.observer import Observer
 from controller.operator.writer import Writer
 from controller.policy.plan import DecisionCache, Namespace, Plan, Settings, Snapshot, plan
 from controller.policy.records import EventRecord
@@ -57,10 +59,15 @@ class Reconciler:
         writer: Writer,
         settings: Settings,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        gate: Gate | None = None,
     ) -> None:
         self.writer = writer
         self.settings = settings
         self.clock = clock
+        self.gate: Gate = gate or Standalone()
+        """Only the leader plans and writes; followers keep their caches warm."""
+        self._term: int | None = None
+        self._handover = asyncio.Lock()
         self.indexes: dict[str, Mapping[Any, Any]] = {}
         self._dirty = asyncio.Event()
         self._ready = asyncio.Event()
@@ -68,6 +75,7 @@ class Reconciler:
         self.passes = 0
         self._failing: dict[str, str] = {}
         """Objects set aside in the last pass (key -> message), to log each change once."""
+        self.observer = Observer()
 
     def poke(self, indexes: Mapping[str, Any]) -> None:
         """Called by every watch event; the first call hands over kopf's indexes.
@@ -90,6 +98,20 @@ class Reconciler:
         """Return once kopf's caches are complete (see `poke`)."""
         await self._ready.wait()
 
+    async def leading(self) -> int:
+        """Return once this replica leads and, in a new term, its caches hold what the
+        previous leader wrote (`handover`); the term. Every writing loop waits here."""
+        await self._ready.wait()
+        if not self.gate.leading():
+            self.observer.forget()  # a follower's last figures must not sit beside the leader's
+        term = await self.gate.wait_leading()
+        async with self._handover:
+            if term != self._term:
+                await handover.catch_up(self.writer.custom, self.snapshot)
+                self._term = term
+                log.info("reconciling as the leader", term=term, identity=self.gate.identity)
+        return term
+
     def snapshot(self) -> Snapshot:
         return Snapshot(
             namespaces=[
@@ -106,8 +128,9 @@ class Reconciler:
     async def run(self) -> None:
         """Plan and write forever; cancelled by the operator's shutdown."""
         await self._ready.wait()
-        log.info("caches populated; reconciling")
+        log.info("caches populated")
         while True:
+            await self.leading()
             await asyncio.sleep(DEBOUNCE)
             self._dirty.clear()
             wake_at = await self.one_pass()
@@ -126,6 +149,7 @@ class Reconciler:
             failed = await self.writer.apply(decided, snapshot)
             await self.writer.announce(self._failures(decided), (), set())
             self._observe(decided)
+            self.observer.record(snapshot, decided, now, failed)
         except Exception:  # one bad pass must not stop the loop; the next one retries
             metrics.RECONCILE_ERRORS.inc()
             log.exception("reconcile pass failed")

@@ -83,14 +83,19 @@ class UsageRecorder:
         self._pruned_month: str | None = None
 
     async def run(self) -> None:
-        """Record forever; cancelled by the operator's shutdown."""
-        await self.reconciler.ready()
-        loaded = False
+        """Record forever while leading; cancelled by the operator's shutdown.
+
+        Each new term reads the records back: another replica may have written
+        them while this one followed.
+        """
+        loaded: int | None = None
         while True:
+            term = await self.reconciler.leading()
             try:
-                if not loaded:
+                if loaded != term:
+                    self.stored.clear()
                     await self.load()
-                    loaded = True
+                    loaded = term
                 await self.one_pass()
             except Exception:  # one bad pass must not stop the record
                 log.exception("usage history pass failed")
@@ -207,6 +212,8 @@ class UsageRecorder:
             "labels": {**LABELS, uh.MONTH_LABEL: record.month},
         }
         body: dict[str, Any] = {"metadata": metadata, "data": uh.encode(record)}
+        if not self.reconciler.gate.leading():
+            return False, None  # fenced: another replica writes the history now
         try:
             if version is None:
                 try:
@@ -258,7 +265,7 @@ class UsageRecorder:
     async def _prune(self, now: datetime) -> None:
         """Once per month: delete the records older than the retention."""
         month = uh.month_of(now)
-        if self._pruned_month == month:
+        if self._pruned_month == month or not self.reconciler.gate.leading():
             return
         oldest = now - self.retention
         candidates = [

@@ -8,12 +8,24 @@ background on their own threads, so a pass that activates a thousand grants
 does not hold the next grant's pass behind a thousand Event posts.
 Node specs are written before any grant finalizer is released: a deleted
 grant's revocation must be in the node's spec before the grant can vanish.
+
+With two replicas (docs/operator.md, "High availability"), every write asks
+the leader gate right before it is sent, so a replica that lost its Lease
+sends nothing more. Writes that announce a transition (grant, exemption and
+limit status, node spec, and the account's policy ConfigMap) carry the
+resourceVersion the decision was made on: a decision from a cache that
+missed someone's newer write fails with 409 and announces nothing, so a new
+leader whose cache lags cannot repeat what the old one recorded. An object's
+audit records are written on the write's own thread the moment its last
+write returns, so a leader killed mid-pass loses at most the records of the
+writes in flight, never a pass's worth.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -47,25 +59,68 @@ class Writer:
     """Applies plans through the official Kubernetes client, in worker threads."""
 
     def __init__(
-        self, api: client.ApiClient, audit: AuditLog, workers: int = 8, event_workers: int = 4
+        self,
+        api: client.ApiClient,
+        audit: AuditLog,
+        workers: int = 8,
+        event_workers: int = 4,
+        *,
+        may_write: Callable[[], bool] = lambda: True,
+        instance: str = COMPONENT,
     ) -> None:
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.audit = audit
+        self.may_write = may_write
+        """The leader gate, asked right before every write is sent."""
+        self.instance = instance
+        """This replica, as Events name their reporting instance."""
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ds01-write")
         self.event_pool = ThreadPoolExecutor(
             max_workers=event_workers, thread_name_prefix="ds01-event"
         )
         self._posting: set[asyncio.Future[Any]] = set()
 
-    async def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
-        """One API write in a worker thread, counted in metrics; False when it failed."""
-        return await self._run(self.pool, what, functools.partial(fn, *args, **kwargs))
+    async def call(
+        self,
+        what: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        after: Callable[[], None] | None = None,
+        **kwargs: Any,
+    ) -> bool:
+        """One API write in a worker thread, counted in metrics; False when it failed.
 
-    async def _run(self, pool: ThreadPoolExecutor, what: str, call: Callable[[], Any]) -> bool:
+        ``after`` runs on the same thread once the write succeeded (the object's audit
+        records: nothing between the write landing and its record but this thread).
+        """
+        done = await self._run(self.pool, what, functools.partial(fn, *args, **kwargs), after)
+        return done is not _FAILED
+
+    async def _run(
+        self,
+        pool: ThreadPoolExecutor,
+        what: str,
+        call: Callable[[], Any],
+        after: Callable[[], None] | None = None,
+    ) -> Any:
+        """The call's result, or `_FAILED`; never sent once this replica may not write."""
+
+        def fenced() -> Any:
+            if not self.may_write():
+                raise _FencedError
+            result = call()
+            if after is not None:
+                after()
+            return result
+
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(pool, call)
+            result = await loop.run_in_executor(pool, fenced)
+        except _FencedError:
+            metrics.API_WRITES.labels(what=what, result="fenced").inc()
+            log.debug("write not sent: not the leader", what=what)
+            return _FAILED
         except ApiException as error:
             metrics.API_WRITES.labels(what=what, result=str(error.status)).inc()
             level = log.debug if error.status in (404, 409) else log.warning
@@ -76,13 +131,15 @@ class Writer:
                 reason=error.reason,
                 body=str(error.body)[:500],
             )
-            return False
+            return _FAILED
         metrics.API_WRITES.labels(what=what, result="ok").inc()
-        return True
+        return result
 
     async def apply(self, plan: Plan, snapshot: Snapshot) -> set[str]:
         """Write the plan; return the keys of objects whose writes failed."""
         failed: set[str] = set()
+        records = _Records(self.audit, plan.audit)
+        after = records.after
         grants = {f"{g.metadata.namespace}/{g.metadata.name}": g for g in snapshot.grants}
         jobs: list[tuple[str, Any]] = []
         for key, status in plan.grant_status.items():
@@ -97,11 +154,12 @@ class Writer:
             old = grant.status.to_wire() if grant.status else {}
             patch = None if grant.status == status else merge_patch(old, status.to_wire())
             if needs_finalizer or approval is not None or patch:
-                jobs.append((key, self._write_grant(grant, needs_finalizer, approval, patch)))
+                write = self._write_grant(grant, needs_finalizer, approval, patch, after(key))
+                jobs.append((key, write))
         for exemption in snapshot.exemptions:
-            jobs += self._status_job(exemption, plan.exemption_status, "gpuexemptions")
+            jobs += self._status_job(exemption, plan.exemption_status, "gpuexemptions", after)
         for limit in snapshot.limits:
-            jobs += self._status_job(limit, plan.limit_status, "gpuratelimits")
+            jobs += self._status_job(limit, plan.limit_status, "gpuratelimits", after)
         for node in snapshot.nodes:
             desired = plan.node_specs.get(node.metadata.name)
             patch = merge_patch(node.spec.to_wire(), desired.to_wire()) if desired else None
@@ -116,12 +174,15 @@ class Writer:
                             VERSION,
                             "gpunodes",
                             node.metadata.name,
-                            {"spec": patch},
+                            {
+                                "metadata": {"resourceVersion": node.metadata.resource_version},
+                                "spec": patch,
+                            },
                         ),
                     )
                 )
-        jobs += account_jobs(self.core, self.call, plan, snapshot)
-        jobs += [(key, self._delete_grant(grants[key])) for key in plan.deletions]
+        jobs += account_jobs(self.core, self.call, plan, snapshot, after)
+        jobs += [(key, self._delete_grant(grants[key], after(key))) for key in plan.deletions]
         results = await asyncio.gather(*(job for _, job in jobs))
         failed |= {key for (key, _), ok in zip(jobs, results, strict=True) if not ok}
 
@@ -136,10 +197,10 @@ class Writer:
             and plan.grant_status[key].state in _RELEASABLE
         ]
         await asyncio.gather(*releases)
-        await self.announce(plan.events, plan.audit, failed)
+        await self.announce(plan.events, records.left(), failed)
         return failed
 
-    async def _delete_grant(self, grant: GPUGrant) -> bool:
+    async def _delete_grant(self, grant: GPUGrant, after: Callable[[], None] | None) -> bool:
         """Delete an ended grant, only as it was judged (uid and resourceVersion preconditions).
 
         A reserving grant carries our finalizer: the deletion only marks it, and the
@@ -160,13 +221,18 @@ class Writer:
             "gpugrants",
             meta.name,
             body=options,
+            after=after,
         )
         if deleted:
             metrics.GRANTS_DELETED.inc()
         return deleted
 
     def _status_job(
-        self, obj: GPUExemption | GPURateLimit, desired: dict[str, Any], plural: str
+        self,
+        obj: GPUExemption | GPURateLimit,
+        desired: dict[str, Any],
+        plural: str,
+        after: Callable[[str], Callable[[], None] | None],
     ) -> list[tuple[str, Any]]:
         name = obj.metadata.name
         new = desired.get(name)
@@ -175,9 +241,11 @@ class Writer:
         patch = merge_patch(obj.status.to_wire() if obj.status else {}, new.to_wire())
         if not patch:
             return []
+        key = f"{plural}/{name}"
+        body = {"metadata": {"resourceVersion": obj.metadata.resource_version}, "status": patch}
         return [
             (
-                f"{plural}/{name}",
+                key,
                 self.call(
                     f"{plural[:-1]}/status",
                     self.custom.patch_cluster_custom_object_status,
@@ -185,7 +253,8 @@ class Writer:
                     VERSION,
                     plural,
                     name,
-                    {"status": patch},
+                    body,
+                    after=after(key),
                 ),
             )
         ]
@@ -196,13 +265,24 @@ class Writer:
         add_finalizer: bool,
         approval: GrantApproval | None,
         status_patch: dict[str, Any] | None,
+        after: Callable[[], None] | None,
     ) -> bool:
-        """One grant's writes, in order: the optimistic spec/metadata write first (it
-        carries the resourceVersion the decision was made on), then the status."""
-        if (add_finalizer or approval is not None) and not await self._update(
-            grant, add_finalizer, approval
-        ):
-            return False
+        """One grant's writes, in order, each at the resourceVersion it follows: the
+        optimistic spec/metadata write first (at the version the decision was made on),
+        then the status (at the version that write produced)."""
+        version = grant.metadata.resource_version
+        if add_finalizer or approval is not None:
+            body: dict[str, Any] = {}
+            if add_finalizer:
+                body["metadata"] = {"finalizers": [*grant.metadata.finalizers, FINALIZER]}
+            if approval is not None:
+                body["spec"] = {"approval": approval.to_wire()}
+            updated = await self._patch_grant(
+                grant, body, "gpugrant", None if status_patch else after
+            )
+            if updated is _FAILED:
+                return False
+            version = updated["metadata"]["resourceVersion"]
         if not status_patch:
             return True
         return await self.call(
@@ -213,49 +293,47 @@ class Writer:
             grant.metadata.namespace,
             "gpugrants",
             grant.metadata.name,
-            {"status": status_patch},
+            {"metadata": {"resourceVersion": version}, "status": status_patch},
+            after=after,
         )
-
-    async def _update(
-        self, grant: GPUGrant, add_finalizer: bool, approval: GrantApproval | None
-    ) -> bool:
-        """Add our finalizer and/or the operator's approval, in one optimistic write."""
-        body: dict[str, Any] = {}
-        if add_finalizer:
-            body["metadata"] = {"finalizers": [*grant.metadata.finalizers, FINALIZER]}
-        if approval is not None:
-            body["spec"] = {"approval": approval.to_wire()}
-        return await self._patch_grant(grant, body, "gpugrant")
 
     async def _release(self, grant: GPUGrant) -> bool:
         finalizers = [f for f in grant.metadata.finalizers if f != FINALIZER]
-        return await self._patch_grant(
-            grant, {"metadata": {"finalizers": finalizers}}, "gpugrant/finalizer"
+        done = await self._patch_grant(
+            grant, {"metadata": {"finalizers": finalizers}}, "gpugrant/finalizer", None
         )
+        return done is not _FAILED
 
-    async def _patch_grant(self, grant: GPUGrant, body: dict[str, Any], what: str) -> bool:
+    async def _patch_grant(
+        self, grant: GPUGrant, body: dict[str, Any], what: str, after: Callable[[], None] | None
+    ) -> Any:
         """Merge-patch the grant at the resourceVersion it was decided on (409 if it moved):
-        never auto-approve or release a spec that changed since it was judged."""
+        never auto-approve or release a spec that changed since it was judged.
+        The updated object, or `_FAILED`."""
         metadata = body.setdefault("metadata", {})
         metadata["resourceVersion"] = grant.metadata.resource_version
-        return await self.call(
-            what,
+        call = functools.partial(
             self.custom.patch_namespaced_custom_object,
             GROUP,
             VERSION,
-            grant.metadata.namespace,
+            grant.metadata.namespace or "",
             "gpugrants",
             grant.metadata.name,
             body,
         )
+        return await self._run(self.pool, what, call, after)
 
     async def announce(
         self, events: Iterable[EventRecord], audit: Iterable[AuditRecord], failed: set[str]
     ) -> None:
-        """Record audit lines and start posting Events, except those about writes in ``failed``."""
+        """Record audit lines and start posting Events, except those about writes in ``failed``.
+
+        Records here depend on no write of this pass: a replica that may not write
+        (it lost the Lease) records nothing; its Events are fenced as writes.
+        """
+        leading = self.may_write()
         for record in audit:
-            key = record.object_key or record.details.get("grant")
-            if key in failed:
+            if _record_key(record) in failed or not leading:
                 continue
             self.audit.write(record.event_type, record.user, record.details)
         posts = []
@@ -265,11 +343,9 @@ class Writer:
             create = functools.partial(
                 self.core.create_namespaced_event,
                 event.about.namespace or "default",
-                _event_body(event),
+                _event_body(event, self.instance),
             )
             posts.append(self._run(self.event_pool, "event", create))
-            if event.type == "Warning" and event.reason in ("Denied", "NotAllowed"):
-                metrics.DENIALS.labels(reason=event.reason).inc()
         if posts:
             task = asyncio.ensure_future(asyncio.gather(*posts))
             self._posting.add(task)  # a reference, so the collector cannot cancel it
@@ -281,9 +357,56 @@ class Writer:
             await asyncio.gather(*self._posting, return_exceptions=True)
 
 
+class _FencedError(Exception):
+    """This replica may not write (it does not hold the Lease)."""
+
+
+_FAILED: Any = object()
+"""What `Writer._run` returns for a write that failed or was not sent."""
+
+
+def _record_key(record: AuditRecord) -> str | None:
+    """The failure key of the write an audit record depends on (see `apply`)."""
+    key = record.object_key or record.details.get("grant")
+    return str(key) if key is not None else None
+
+
+class _Records:
+    """A pass's audit records by the write they depend on, each written once.
+
+    `after(key)` is handed to the last write of that object and runs on the
+    write's thread; `left` is what no write recorded (announced after the pass).
+    """
+
+    def __init__(self, audit: AuditLog, records: Iterable[AuditRecord]) -> None:
+        self.audit = audit
+        self._lock = threading.Lock()
+        self._by_key: dict[str | None, list[AuditRecord]] = {}
+        for record in records:
+            self._by_key.setdefault(_record_key(record), []).append(record)
+
+    def after(self, key: str) -> Callable[[], None] | None:
+        if key not in self._by_key:
+            return None
+
+        def write() -> None:
+            with self._lock:
+                mine = self._by_key.pop(key, [])
+            for record in mine:
+                self.audit.write(record.event_type, record.user, record.details)
+
+        return write
+
+    def left(self) -> list[AuditRecord]:
+        with self._lock:
+            return [r for records in self._by_key.values() for r in records]
+
+
 def _event_key(event: EventRecord) -> str | None:
     """The failure key of the write an Event depends on (see `apply`)."""
     about = event.about
+    if about.kind in _CLUSTER_KINDS:
+        return f"{_CLUSTER_KINDS[about.kind]}/{about.name}"
     if about.namespace is None:
         return None
     if about.kind in _CORE_KINDS:
@@ -292,9 +415,10 @@ def _event_key(event: EventRecord) -> str | None:
 
 
 _CORE_KINDS = ("Namespace", "ConfigMap", "ResourceQuota", "LimitRange", "Pod")
+_CLUSTER_KINDS = {"GPUExemption": "gpuexemptions", "GPURateLimit": "gpuratelimits"}
 
 
-def _event_body(event: EventRecord) -> client.CoreV1Event:
+def _event_body(event: EventRecord, instance: str = COMPONENT) -> client.CoreV1Event:
     now = datetime.now(UTC)
     about = event.about
     api_version = "v1" if about.kind in _CORE_KINDS else f"{GROUP}/{VERSION}"
@@ -314,7 +438,7 @@ def _event_body(event: EventRecord) -> client.CoreV1Event:
         type=event.type,
         source=client.V1EventSource(component=COMPONENT),
         reporting_component=f"{GROUP}/operator",
-        reporting_instance=COMPONENT,
+        reporting_instance=instance,
         first_timestamp=now,
         last_timestamp=now,
         count=1,

@@ -89,7 +89,11 @@ def decide(exemption: GPUExemption, now: datetime) -> ExemptionDecision:
             "expiresAt": spec.expires_at.isoformat() if spec.expires_at else None,
             "approvedBy": spec.approved_by,
         }
-        audit.append(AuditRecord(f"exemption.{state.lower()}", spec.subject.name, details))
+        # Recorded once its status write (at the version decided on) succeeded.
+        key = f"gpuexemptions/{exemption.metadata.name}"
+        audit.append(
+            AuditRecord(f"exemption.{state.lower()}", spec.subject.name, details, object_key=key)
+        )
     upcoming = [t for t in (spec.starts_at, spec.expires_at) if t is not None and t > now]
     return ExemptionDecision(status, tuple(events), tuple(audit), min(upcoming, default=None))
 

@@ -179,3 +179,24 @@ def _checkpoint(
         report.problems.append(f"checkpoint seq {seq}: its signature does not verify (forged)")
         return
     report.signed_through = covers
+
+
+def matching_anchor(anchors: list[Anchor], lines: Iterable[bytes]) -> Anchor | None:
+    """The anchor kept for this trail, among several replicas' (one ConfigMap key each).
+
+    The one whose record the trail holds unchanged; when none does (the trail was cut
+    or edited), the one with the highest seq, so `verify` reports the break. None when
+    there is no anchor at all.
+    """
+    if not anchors:
+        return None
+    hashes: dict[int, str] = {}
+    for line in lines:
+        try:
+            hashes[int(json.loads(line)["seq"])] = line_hash(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    for anchor in anchors:
+        if hashes.get(anchor.seq) == anchor.chain:
+            return anchor
+    return max(anchors, key=lambda a: a.seq)

@@ -21,6 +21,11 @@ NAME = "ds01-runc"
 DEFAULT_PYTHON = "/opt/ds01/.venv/bin/python"
 DEFAULT_PACKAGE_ROOT = "/opt/ds01"
 DEFAULT_RUNTIME_DIR = "/run/ds01-agent"
+DOCKER = "docker"
+CRI = "cri"
+"""Who runs the front: Docker, or containerd's CRI plugin for a kubelet. Only the CRI
+front believes a bundle's `io.kubernetes.cri.*` annotations (containerd writes them;
+Docker lets users set annotations), which name the pod a container belongs to."""
 _LAUNCH = (
     "import sys; sys.path.insert(0, sys.argv.pop(1)); "
     "from controller.agent.ociwrapper import main; sys.exit(main())"
@@ -47,7 +52,7 @@ for arg do
         -*) ;;
         create|run|restore)
             exec "$DS01_PYTHON" -I -S -c {launch} "$DS01_PACKAGE_ROOT" \\
-                --runtime-dir="$DS01_RUNTIME_DIR" --runc="$RUNC" -- "$@" ;;
+                --runtime-dir="$DS01_RUNTIME_DIR" --runc="$RUNC"{source} -- "$@" ;;
         *) break ;;
     esac
 done
@@ -61,6 +66,7 @@ def front_script(
     package_root: str = DEFAULT_PACKAGE_ROOT,
     runtime_dir: str = DEFAULT_RUNTIME_DIR,
     runc: str = "runc",
+    source: str = DOCKER,
 ) -> str:
     """The front: a Python >= 3.11, the directory holding the `controller` package (the
     checkout, for an editable install), the agent's runtime directory (`ds01 agent
@@ -71,4 +77,5 @@ def front_script(
         runtime_dir=shlex.quote(runtime_dir),
         runc=shlex.quote(runc),
         launch=shlex.quote(_LAUNCH),
+        source="" if source == DOCKER else f" --source={shlex.quote(source)}",
     )

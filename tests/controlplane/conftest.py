@@ -60,6 +60,10 @@ class OperatorEnv:
         self.cluster = cluster
         self.admin = Kube(cluster, cluster.kubeconfig)
         self.audit = cluster.workdir / "audit.jsonl"
+        self.audit_key = cluster.workdir / "audit.key"
+        if not self.audit_key.exists():
+            self.audit_key.touch(mode=0o600)
+            self.audit_key.write_text("test-audit-key-" + os.urandom(8).hex())
         self.metrics_port = free_port()
         self.process: ManagedProcess | None = None
 
@@ -82,6 +86,9 @@ class OperatorEnv:
             f"--alert-cooldown={self.ALERT_COOLDOWN_S}s",
             f"--lifecycle-interval={self.LIFECYCLE_INTERVAL_S}s",
             f"--usage-interval={self.USAGE_INTERVAL_S}s",
+            f"--audit-key={self.audit_key}",
+            "--audit-checkpoint-every=20",
+            "--audit-checkpoint-interval=2s",
             *extra,
         )
 

@@ -2,8 +2,9 @@
 
 Identities come from the manifests: the groups the ds01 ClusterRoleBindings
 name (approvers, admins), the ServiceAccounts they bind (operator, agent), the
-two sample accounts' owners (a student, another user) and an unauthenticated
-client. Two tables:
+two sample accounts' owners (a student, another user), a Docker host's agent
+(its certificate's identity, enrolled through the CSR API, whose bindings
+`ds01 agent enroll` makes) and an unauthenticated client. Two tables:
 
 - RBAC: for each resource (in the student's account, another account, or
   cluster-wide) the verbs the apiserver's authorizer grants each identity, by
@@ -29,7 +30,11 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from controller.policy.agentidentity import AGENT_GROUP, agent_user
+
 STUDENT_ACCOUNT = "u-248835"
+AGENT_NODE = "matrix-node-a"
+"""The node both agents' credentials name (a pod-bound token, an enrolled certificate)."""
 OTHER_ACCOUNT = "u-mchen"
 VERBS = ("get", "list", "watch", "create", "update", "patch", "delete")
 LETTERS = "glwcupd"
@@ -44,7 +49,8 @@ class Identity:
     groups: tuple[str, ...]
     """Kubernetes groups as the authenticator reports them (system:* groups included)."""
     kind: str
-    """How it authenticates: "certificate", "serviceaccount" or "anonymous"."""
+    """How it authenticates: "certificate", "serviceaccount", "enrolled" (a Docker-host
+    agent's certificate, issued through `ds01 agent enroll`) or "anonymous"."""
 
 
 def _documents(path: Path) -> list[dict[str, Any]]:
@@ -98,6 +104,7 @@ def identities(root: Path) -> list[Identity]:
         ),
         Identity("operator", service_account("operator"), sa_groups, "serviceaccount"),
         Identity("agent", service_account("agent"), sa_groups, "serviceaccount"),
+        Identity("host agent", agent_user(AGENT_NODE), (AGENT_GROUP, *signed_in), "enrolled"),
         Identity("anonymous", "system:anonymous", ("system:unauthenticated",), "anonymous"),
     ]
 
@@ -139,6 +146,13 @@ RESOURCES = (
     Resource("pods/exec, other account", "", "pods", "exec", OTHER_ACCOUNT),
     Resource("pods/attach, other account", "", "pods", "attach", OTHER_ACCOUNT),
     Resource("Secrets, other account", "", "secrets", "", OTHER_ACCOUNT),
+    Resource("CertificateSigningRequests", "certificates.k8s.io", "certificatesigningrequests"),
+    Resource(
+        "CertificateSigningRequest approval",
+        "certificates.k8s.io",
+        "certificatesigningrequests",
+        "approval",
+    ),
 )
 
 

@@ -1,9 +1,10 @@
 """`ds01 dev up|down|kubeconfig`, the README's first command, run as a newcomer would.
 
-Where the host can (root, cgroup v1 device control, docker.io, gcc), `up`
-also runs a real agent with its own dockerd on the simulated GPU node; the
-last test walks the README's walk-through on it. Under CI=true a host that
-cannot is a failure (the skip counts as one).
+Where the host can (root, cgroup v1 device control, the host packages), `up`
+runs a real node (containerd, kubelet, scheduler) with the operator and agent
+as pods, and a dockerd behind the agent's gateway; the walk-through test walks
+the README's walk-through on it (a GPU pod, then `docker run --gpus 1`). Under
+CI=true a host that cannot is a failure (the skip counts as one).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 
 from controller import __version__
 from controller.devcluster import agentnode, simnode
+from controller.devcluster import node as realnode
 from controller.devcluster.binaries import planned
 from controller.devcluster.dockerd import IMAGE
 from controller.devcluster.fakegpu import Topology
@@ -33,10 +35,28 @@ from tests.agent.users import ensure_user
 
 DS01 = [sys.executable, "-m", "controller.cli.main"]
 UNMET = agentnode.unmet_requirements()
+REAL_NODE = not UNMET and not realnode.unmet_requirements()
 CONTROL_PLANE = ["etcd", "kube-apiserver", "kube-controller-manager"]
 PROCESSES = (
-    [*CONTROL_PLANE, "operator"] if UNMET else [*CONTROL_PLANE, "dockerd", "agent", "operator"]
+    [*CONTROL_PLANE, "operator"]
+    if UNMET
+    else [*CONTROL_PLANE, "dockerd", "containerd", "kubelet", "kube-scheduler", "api-relay"]
+    if REAL_NODE
+    else [*CONTROL_PLANE, "dockerd", "agent", "operator"]
 )
+AGENT_AUDIT = ("agent-audit", "audit.jsonl") if REAL_NODE else ("audit.jsonl",)
+POD = """
+apiVersion: v1
+kind: Pod
+metadata: {name: train, namespace: u-kim}
+spec:
+  containers:
+    - name: train
+      image: localhost/ds01/busybox:local
+      imagePullPolicy: Never
+      command: [sh, -c, 'for d in /dev/nvidia[0-9]*; do exec 3<>"$d" && echo "opened $d"; done; sleep 3600']
+      resources: {limits: {gpu.ds01.io/gpu: 1, cpu: 100m, memory: 64Mi}}
+"""
 
 
 def run(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -296,6 +316,15 @@ def walk_through(workdir: Path, node: Node) -> None:
         d["device"]["minor"] for d in node.gpunode()["status"]["devices"] if d["uuid"] == gpu
     )
     wait_until(lambda: node.applied(KIM), 60, "the agent to apply kim's reservation")
+    if REAL_NODE:  # kim's GPU pod: the kubelet gives it the GPU her grant reserved
+        kubectl(kim, "apply", "-f", "-", stdin=POD)
+        wait_until(
+            lambda: f"opened /dev/nvidia{minor}" in pod_log(kim),
+            90,
+            "kim's pod to open her reserved GPU",
+        )
+        assert pod_log(kim).count("opened") == 1  # that GPU and no other
+        kubectl(kim, "delete", "pod", "train", "-n", "u-kim", "--wait=true")
     started = node.docker_as(
         KIM_LOGIN, home, "run", "-d", "--init", "--name", "kim-job", "--network", "none",
         "--gpus", "1", IMAGE,
@@ -320,8 +349,16 @@ def walk_through(workdir: Path, node: Node) -> None:
     assert node.running("kim-job") == "true"  # the holder keeps its descriptor during the grace
     wait_until(lambda: node.running("kim-job") == "false", 120, "the agent to stop the holder")
     # Across the daily rotation: a run that spans midnight UTC splits the records.
-    audit = {r["event_type"] for r in read_records(workdir / "node" / "audit.jsonl")}
+    audit = {r["event_type"] for r in read_records(workdir.joinpath("node", *AGENT_AUDIT))}
     assert "access.revoke_warning" in audit and "access.revoke" in audit
+
+
+def pod_log(kubeconfig: str) -> str:
+    result = subprocess.run(
+        [str(planned().kubectl), "--kubeconfig", kubeconfig, "logs", "train", "-n", "u-kim"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    return result.stdout
 
 
 def test_up_runs_a_real_agent_whose_gpu_opens_and_closes(tmp_path: Path) -> None:

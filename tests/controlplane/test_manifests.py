@@ -6,20 +6,40 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from controller.devcluster.agentnode import run_dir
 from controller.devcluster.binaries import source_root
 from controller.devcluster.controlplane import LocalCluster
+from controller.devcluster.dockerd import Dockerd
+from controller.devcluster.podnode import overlay
 from tests.controlplane.kube import Kube
 
 ROOT = source_root()
 
 
-def render(cluster: LocalCluster, overlay: str) -> list[dict]:
-    text = cluster.kubectl("kustomize", str(ROOT / "manifests" / "overlays" / overlay)).stdout
+def render(cluster: LocalCluster, overlay: str | Path) -> list[dict]:
+    directory = overlay if isinstance(overlay, Path) else ROOT / "manifests" / "overlays" / overlay
+    text = cluster.kubectl("kustomize", str(directory)).stdout
     return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def selects(pod: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a pod's required node affinity admits a node with ``labels`` (terms OR'ed,
+    expressions AND'ed; only the `In` operator is used)."""
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    return any(
+        all(
+            e["operator"] == "In" and labels.get(e["key"]) in e["values"]
+            for e in term["matchExpressions"]
+        )
+        for term in terms
+    )
 
 
 @pytest.mark.parametrize("overlay", ["dev", "production"])
@@ -71,8 +91,61 @@ def test_agent_daemonset_mounts_what_the_agent_needs(cluster: LocalCluster) -> N
         "/var/lib/kubelet/pod-resources",
         "/var/lib/ds01",
     } <= host_paths
+    # /etc as a directory: a file mount of /etc/passwd would keep showing the file
+    # `useradd` replaced (by a rename), and new logins would stay unknown.
+    etc = next(v for v in pod["volumes"] if v.get("hostPath", {}).get("path") == "/etc")
+    assert etc["hostPath"]["type"] == "Directory"
+    assert "--passwd=/host/etc/passwd" in pod["containers"][0]["command"]
     assert pod["hostPID"] is True
-    assert pod["nodeSelector"] == {"gpu.ds01.io/gpu-node": "true"}
+    # GPU nodes, found by NFD, by the GPU operator, or labelled by an admin; no others.
+    assert selects(pod, {"feature.node.kubernetes.io/pci-10de.present": "true"})
+    assert selects(pod, {"nvidia.com/gpu.present": "true"})
+    assert selects(pod, {"gpu.ds01.io/gpu-node": "true"})
+    assert not selects(pod, {"feature.node.kubernetes.io/pci-1002.present": "true"})
+    assert not selects(pod, {})
+    # The driver's NVML library, from the host, where the agent loads it.
+    nvml = next(v for v in pod["volumes"] if v["name"] == "nvml")
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "nvml")
+    assert nvml["hostPath"] == {
+        "path": "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
+        "type": "File",
+    }
+    assert mount["readOnly"] is True
+    assert f"--nvml-library={mount['mountPath']}" in pod["containers"][0]["command"]
+
+
+def test_the_local_overlay_changes_only_what_the_simulated_node_needs(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """`ds01 dev up`'s overlay: identities, security contexts, probes and container paths
+    stay the dev overlay's; host paths move to the simulation and the state directory."""
+    engine = Dockerd(tmp_path / "docker", run_dir(tmp_path))  # sockets under /run
+    local = overlay(
+        tmp_path, sim_root=tmp_path / "sim", image_tag="0.1.0", api_port=6443, engine=engine
+    )
+    dev = {(o["kind"], o["metadata"]["name"]): o for o in render(cluster, "dev")}
+    made = {(o["kind"], o["metadata"]["name"]): o for o in render(cluster, local)}
+    assert made.keys() == dev.keys()
+    for key in (("DaemonSet", "ds01-agent"), ("Deployment", "ds01-operator")):
+        ours, theirs = made[key]["spec"]["template"]["spec"], dev[key]["spec"]["template"]["spec"]
+        assert ours["serviceAccountName"] == theirs["serviceAccountName"]
+        assert ours.get("securityContext") == theirs.get("securityContext")
+        assert ours.get("hostPID") == theirs.get("hostPID")
+        for mine, base in zip(ours["containers"], theirs["containers"], strict=True):
+            assert mine["image"] == "ds01-controller:0.1.0"
+            assert mine.get("securityContext") == base.get("securityContext")
+            assert mine.get("livenessProbe") == base.get("livenessProbe")
+            assert mine.get("readinessProbe") == base.get("readinessProbe")
+            assert mine["command"][: len(base["command"])] == base["command"]
+            base_mounts = {m["mountPath"] for m in base["volumeMounts"]}
+            assert base_mounts <= {m["mountPath"] for m in mine["volumeMounts"]}
+    agent = made[("DaemonSet", "ds01-agent")]["spec"]["template"]["spec"]
+    paths = {v["name"]: v["hostPath"]["path"] for v in agent["volumes"] if "hostPath" in v}
+    assert paths["dev"] == str(tmp_path / "sim" / "dev")
+    assert paths["nvml"] == str(tmp_path / "sim" / "libnvidia-ml.so.1")
+    assert paths["proc"] == "/proc" and paths["cgroup"] == "/sys/fs/cgroup"
+    assert paths["device-plugins"] == "/var/lib/kubelet/device-plugins"
+    assert all("emptyDir" not in v for v in agent["volumes"] if "hostPath" in v)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +172,7 @@ def test_kind_config_matches_kinds_schema(kindcheck: Path) -> None:
     assert worker["labels"] == {"gpu.ds01.io/gpu-node": "true"}
     # The label must select the agent DaemonSet onto the worker.
     agent = yaml.safe_load((ROOT / "manifests" / "base" / "agent.yaml").read_text())
-    assert agent["spec"]["template"]["spec"]["nodeSelector"].items() <= worker["labels"].items()
+    assert selects(agent["spec"]["template"]["spec"], worker["labels"])
 
 
 def test_kindcheck_refuses_a_misspelt_field(kindcheck: Path, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ exactly what the apiserver answers now.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from collections.abc import Callable
@@ -23,14 +24,17 @@ from controller.cli.dev import add_simulated_node
 from controller.devcluster import simnode
 from controller.devcluster.binaries import source_root
 from controller.devcluster.controlplane import LocalCluster
+from controller.runtime import agentenrollment as enrollment
+from controller.runtime.agentcredentials import new_request
 from tests.controlplane import rbac_matrix
 from tests.controlplane.kube import GROUP, VERSION, Kube, agent_kubeconfig
 from tests.controlplane.rbac_matrix import OTHER_ACCOUNT, STUDENT_ACCOUNT, Identity, Write
 
 ROOT = source_root()
 DOC = ROOT / "docs" / "security.md"
-OWN_NODE, OTHER_NODE = "matrix-node-a", "matrix-node-b"
+OWN_NODE, OTHER_NODE = rbac_matrix.AGENT_NODE, "matrix-node-b"
 PENDING_GRANT = "matrix-probe"
+ADMINS_REQUEST = "matrix-admins-request"
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,9 @@ def credentials(
         return kube.api
     if who.kind == "anonymous":
         path = anonymous_kubeconfig(cluster)
+    elif who.kind == "enrolled":  # as docs/docker-host.md enrols a Docker host's agent
+        path = cluster.workdir / "users" / "matrix-host-agent.kubeconfig"
+        enrollment.enroll(admin.api, OWN_NODE, path, approve_it=True, wait_s=60)
     elif who.user.endswith(":ds01-agent"):
         path = agent_kubeconfig(cluster, admin, OWN_NODE)
     else:
@@ -93,6 +100,22 @@ def node_status(node: str) -> Callable[[client.ApiClient], object]:
     return lambda api: client.CustomObjectsApi(api).patch_cluster_custom_object_status(
         GROUP, VERSION, "gpunodes", node, simnode.status(node), dry_run="All"
     )
+
+
+def approve_request(name: str) -> Callable[[client.ApiClient], object]:
+    def attempt(api: client.ApiClient) -> object:
+        certificates = client.CertificatesV1Api(api)
+        body = certificates.read_certificate_signing_request(name)
+        body.status = client.V1CertificateSigningRequestStatus(
+            conditions=[
+                client.V1CertificateSigningRequestCondition(
+                    type="Approved", status="True", reason="Matrix", message="the access matrix"
+                )
+            ]
+        )
+        return certificates.replace_certificate_signing_request_approval(name, body, dry_run="All")
+
+    return attempt
 
 
 WRITES = (
@@ -146,6 +169,7 @@ WRITES = (
     ),
     Write("status of the agent's own GPUNode", node_status(OWN_NODE)),
     Write("status of another node's GPUNode", node_status(OTHER_NODE)),
+    Write("approve a certificate request an admin made", approve_request(ADMINS_REQUEST)),
 )
 
 
@@ -186,14 +210,30 @@ def matrix(cluster: LocalCluster, admin: Kube, as_user, samples: Path) -> Matrix
             },
         }
     )
+    # An admin's own request for a client certificate (the operator may not approve it).
+    if not admin.kubectl("get", "csr", ADMINS_REQUEST, "--ignore-not-found").stdout:
+        _, request = new_request("matrix-admins-node")
+        admin.create(
+            {
+                "apiVersion": "certificates.k8s.io/v1",
+                "kind": "CertificateSigningRequest",
+                "metadata": {"name": ADMINS_REQUEST},
+                "spec": {
+                    "request": base64.b64encode(request).decode(),
+                    "signerName": "kubernetes.io/kube-apiserver-client",
+                    "usages": ["digital signature", "client auth"],
+                    "expirationSeconds": 3600,
+                },
+            }
+        )
     people = rbac_matrix.identities(ROOT)
     authz = client.AuthorizationV1Api(admin.api)
     columns = [p.column for p in people]
+    apis = {p.column: credentials(cluster, admin, as_user, p) for p in people}  # enrols first
     rbac = {
         row.label: {p.column: rbac_matrix.allowed_verbs(authz, p, row) for p in people}
         for row in rbac_matrix.RESOURCES
     }
-    apis = {p.column: credentials(cluster, admin, as_user, p) for p in people}
     writes = {
         w.label: {c: rbac_matrix.outcome(w.attempt, apis[c]) for c in columns} for w in WRITES
     }
@@ -244,7 +284,7 @@ def test_only_admins_create_or_delete_limits_and_exemptions_or_delete_nodes(
     for row in ("GPURateLimits", "GPUExemptions", "GPUNodes"):
         assert holders(row, "d") == {"admin"}, row
     # The operator registers nodes it schedules for; an agent its own (ds01-agent-own-node).
-    assert holders("GPUNodes", "c") == {"admin", "operator", "agent"}
+    assert holders("GPUNodes", "c") == {"admin", "operator", "agent", "host agent"}
 
 
 def test_only_admins_and_the_operator_change_what_makes_and_guards_an_account(
@@ -279,11 +319,30 @@ def test_the_student_may_run_plain_pods_but_no_escape_and_decides_no_grant(matri
 
 
 def test_an_agent_writes_only_its_own_nodes_status(matrix: Matrix) -> None:
-    assert matrix.writes["status of the agent's own GPUNode"]["agent"] == "allowed"
-    assert matrix.writes["status of another node's GPUNode"]["agent"] == "ds01-agent-own-node"
+    """A pod's token and a Docker host's certificate alike."""
+    agents = ("agent", "host agent")
+    for agent in agents:
+        assert matrix.writes["status of the agent's own GPUNode"][agent] == "allowed"
+        assert matrix.writes["status of another node's GPUNode"][agent] == "ds01-agent-own-node"
     for label in ("status of the agent's own GPUNode", "status of another node's GPUNode"):
-        others = {c: v for c, v in matrix.writes[label].items() if c != "agent"}
+        others = {c: v for c, v in matrix.writes[label].items() if c not in agents}
         assert set(others.values()) == {"RBAC"}, others
+
+
+def test_only_the_operator_approves_certificate_requests_and_only_agents_renewals(
+    matrix: Matrix,
+) -> None:
+    approval = matrix.rbac["CertificateSigningRequest approval"]
+    assert {c for c, v in approval.items() if "u" in v} == {"operator"}
+    assert matrix.writes["approve a certificate request an admin made"] == {
+        c: ("ds01-agent-renewals" if c == "operator" else "RBAC") for c in matrix.columns
+    }
+    # Only a Docker host's agent submits requests (its renewals), and reads them by name.
+    requests = matrix.rbac["CertificateSigningRequests"]
+    assert {c: v for c, v in requests.items() if v != "—"} == {
+        "operator": "glw",
+        "host agent": "gc",
+    }
 
 
 def test_the_committed_table_is_what_the_apiserver_answers(matrix: Matrix) -> None:
@@ -301,7 +360,16 @@ def test_the_committed_table_is_what_the_apiserver_answers(matrix: Matrix) -> No
 def test_the_table_lists_every_identity_resource_and_write(matrix: Matrix) -> None:
     generated = rbac_matrix.render(matrix.columns, matrix.rbac, matrix.writes)
     assert json.dumps(matrix.columns) == json.dumps(
-        ["student", "other user", "approver", "admin", "operator", "agent", "anonymous"]
+        [
+            "student",
+            "other user",
+            "approver",
+            "admin",
+            "operator",
+            "agent",
+            "host agent",
+            "anonymous",
+        ]
     )
     for row in [r.label for r in rbac_matrix.RESOURCES] + [w.label for w in WRITES]:
         assert f"| {row} |" in generated

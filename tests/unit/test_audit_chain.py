@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.runtime.audit import AuditLog, read_records
-from controller.runtime.auditchain import Anchor, raw_lines, verify
+from controller.runtime.auditchain import Anchor, matching_anchor, raw_lines, verify
 
 KEY = b"k" * 32
 T0 = datetime(2026, 12, 3, 23, 0, tzinfo=UTC)
@@ -156,3 +156,15 @@ def test_any_tampering_before_the_anchor_is_found(
         content.insert(at, content[at])
     rewrite(path, content)
     assert not verify(lines(path), KEY, anchor).ok
+
+
+def test_the_anchor_of_a_replicas_trail_is_found_among_all_replicas(tmp_path: Path) -> None:
+    """Each operator replica keeps its own anchor; verify picks the one this trail holds."""
+    mine, theirs = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    my_anchor, their_anchor = trail(mine, 6)[-1], trail(theirs, 9, every=3)[-1]
+    found = matching_anchor([their_anchor, my_anchor], lines(mine))
+    assert found == my_anchor
+    content = lines(mine)
+    rewrite(mine, content[:2])  # cut: no anchor matches; the highest is reported
+    assert matching_anchor([my_anchor, their_anchor], lines(mine)) == their_anchor
+    assert matching_anchor([], lines(mine)) is None

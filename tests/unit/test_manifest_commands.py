@@ -29,3 +29,21 @@ def test_agent_daemonset_command_parses_and_uses_the_host_mounts() -> None:
     assert args.command == "agent" and args.node == "gpu-node-1"
     assert str(args.proc_root) == "/host/proc" and str(args.passwd) == "/host/etc/passwd"
     assert str(args.pod_resources_socket) == "/var/lib/kubelet/pod-resources/kubelet.sock"
+
+
+def test_the_docker_host_unit_runs_a_command_ds01_accepts() -> None:
+    """deploy/docker-host/ds01-agent.service: its ExecStart, variables filled in, parses."""
+    unit = (source_root() / "deploy" / "docker-host" / "ds01-agent.service").read_text()
+    lines = unit.split("ExecStart=", 1)[1].split("\n")
+    joined = ""
+    for line in lines:
+        joined += line.rstrip("\\").strip() + " "
+        if not line.rstrip().endswith("\\"):
+            break
+    argv = joined.replace("${", "").replace("}", "").split()
+    assert argv[0].endswith("/ds01")
+    args = build_parser().parse_args(argv[1:])
+    assert args.command == "agent"
+    assert str(args.gateway_socket) == "/run/docker.sock"
+    assert args.gateway_runtime == "ds01-runc"
+    assert str(args.audit_key) == "/etc/ds01/audit.key"

@@ -210,3 +210,16 @@ def test_the_operator_process_logs_its_effective_configuration(tmp_path: Path) -
         )
         - 1
     )  # every option but --help
+
+
+def test_a_repeatable_flag_collects_its_values_or_falls_back_to_the_environment() -> None:
+    """`--gateway-bind-root` and `--gateway-allow-device` may be given several times."""
+    args, sources = parsed(
+        ["agent", "--node", "n", "--gateway-bind-root", "/a", "--gateway-bind-root", "/b"], {}
+    )
+    assert args.gateway_bind_root == ["/a", "/b"] and sources["gateway_bind_root"] == "flag"
+    args, sources = parsed(["agent", "--node", "n"], {"DS01_GATEWAY_ALLOW_DEVICE": "/dev/x,/dev/y"})
+    assert args.gateway_allow_device == ["/dev/x", "/dev/y"]
+    assert sources["gateway_allow_device"] == "env"
+    args, sources = parsed(["agent", "--node", "n"], {})
+    assert args.gateway_allow_device is None and sources["gateway_allow_device"] == "default"

@@ -33,7 +33,13 @@ PROPERTY = settings(
     max_examples=60,
     deadline=None,
     # Whole objects with status are large by nature; the schema bounds them, not the test.
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    # The CRD-driven strategies filter (CEL rules, cross-field checks): on an unlucky
+    # run more inputs are filtered than generated, which is not a failure of the property.
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
 )
 MOMENTS = st.integers(-3 * 24 * 60, 3 * 24 * 60).map(lambda m: T0 + timedelta(minutes=m))
 

@@ -30,15 +30,24 @@ PERMISSIONS = "rw"
 """Read and write; never `m` (mknod), so a container cannot create other device nodes."""
 
 
-def host_path(node: DeviceNode, device_root: str = "/dev") -> str:
+def host_path(node: DeviceNode, device_root: str = "/dev", host_root: str = "/dev") -> str:
     """The node's path as kubelet (on the host) sees it.
 
     The agent may read the host's /dev through another mount (``device_root``,
     e.g. `/host/dev` in a container); kubelet and the container runtime need the
-    host's own path, so that prefix is mapped back to `/dev`.
+    host's own path, so that prefix is mapped back to ``host_root``: `/dev` on a
+    real node, the device tree's directory on a simulated one.
     """
     root = device_root.rstrip("/")
-    if root and root != "/dev" and node.path.startswith(root + "/"):
+    if root and root != host_root.rstrip("/") and node.path.startswith(root + "/"):
+        return host_root.rstrip("/") + node.path[len(root) :]
+    return node.path
+
+
+def container_path(node: DeviceNode, device_root: str = "/dev") -> str:
+    """Where the container sees the node: under `/dev`, by its name in ``device_root``."""
+    root = device_root.rstrip("/")
+    if root and node.path.startswith(root + "/"):
         return "/dev" + node.path[len(root) :]
     return node.path
 
@@ -62,14 +71,15 @@ def container_response(
     control: Iterable[DeviceNode],
     device_root: str = "/dev",
     cdi_kind: str = CDI_KIND,
+    host_root: str = "/dev",
 ) -> pb.ContainerAllocateResponse:
     """kubelet's answer for one container that was allocated ``slots``."""
     uuids = [s.uuid for s in slots]
     response = pb.ContainerAllocateResponse(
         devices=[
             pb.DeviceSpec(
-                container_path=host_path(n, device_root),
-                host_path=host_path(n, device_root),
+                container_path=container_path(n, device_root),
+                host_path=host_path(n, device_root, host_root),
                 permissions=PERMISSIONS,
             )
             for n in device_nodes(slots, control)

@@ -40,7 +40,12 @@ import structlog
 
 from controller.agent.deviceplugin.allocate import CDI_KIND
 from controller.agent.deviceplugin.devices import DeviceTable
-from controller.agent.deviceplugin.server import KUBELET_SOCKET, ResourcePlugin, file_identity
+from controller.agent.deviceplugin.server import (
+    KUBELET_SOCKET,
+    ResourcePlugin,
+    Steer,
+    file_identity,
+)
 from controller.agent.inventory import Gpu, Inventory, Slot
 
 log = structlog.get_logger("ds01.agent.deviceplugin")
@@ -104,6 +109,7 @@ class DevicePluginManager:
         plugin_dir: str | Path = DEFAULT_PLUGIN_DIR,
         *,
         device_root: str = "/dev",
+        host_device_root: str = "/dev",
         cdi_kind: str = CDI_KIND,
         check_interval_s: float = 1.0,
         register_timeout_s: float = 5.0,
@@ -112,6 +118,9 @@ class DevicePluginManager:
         self.plugin_dir = Path(plugin_dir)
         self.kubelet_socket = self.plugin_dir / KUBELET_SOCKET
         self.device_root = device_root
+        self.host_device_root = host_device_root
+        self.steer: Steer | None = None
+        """Ranks the kubelet's free devices for the pod being admitted (set by the agent)."""
         self.cdi_kind = cdi_kind
         self.check_interval_s = check_interval_s
         self.register_timeout_s = register_timeout_s
@@ -124,6 +133,9 @@ class DevicePluginManager:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.update(inventory)
+
+    def _steer(self, resource: str, available: list[str]) -> list[list[str]]:
+        return self.steer(resource, available) if self.steer is not None else [available]
 
     # -- what the agent calls -------------------------------------------------
 
@@ -178,7 +190,14 @@ class DevicePluginManager:
                 entry = self._entries.get(resource)
                 if entry is None:
                     table = DeviceTable(resource, slots, inventory.control)
-                    plugin = ResourcePlugin(table, self.plugin_dir, self.device_root, self.cdi_kind)
+                    plugin = ResourcePlugin(
+                        table,
+                        self.plugin_dir,
+                        self.device_root,
+                        self.cdi_kind,
+                        host_device_root=self.host_device_root,
+                        steer=self._steer,
+                    )
                     self._entries[resource] = _Entry(plugin)
                     if self._started:
                         plugin.start()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -60,12 +60,30 @@ def _devices(advertised: Advertised) -> pb.ListAndWatchResponse:
     )
 
 
+Steer = Callable[[str, list[str]], list[list[str]]]
+"""(resource, the kubelet's free device IDs) -> the IDs in tiers, best first
+(`policy.podsteering`: the admitted pod's owner's reservations, then free devices)."""
+
+
+def _one_tier(resource: str, available: list[str]) -> list[list[str]]:
+    return [available]
+
+
 class DevicePluginServicer(pb_grpc.DevicePluginServicer):
     """The five DevicePlugin calls over one `DeviceTable`."""
 
-    def __init__(self, table: DeviceTable, device_root: str, cdi_kind: str) -> None:
+    def __init__(
+        self,
+        table: DeviceTable,
+        device_root: str,
+        cdi_kind: str,
+        host_device_root: str = "/dev",
+        steer: Steer = _one_tier,
+    ) -> None:
         self.table = table
         self.device_root = device_root
+        self.host_device_root = host_device_root
+        self.steer = steer
         self.cdi_kind = cdi_kind
         self.stopped = threading.Event()
 
@@ -90,19 +108,21 @@ class DevicePluginServicer(pb_grpc.DevicePluginServicer):
         self, request: pb.PreferredAllocationRequest, context: Any
     ) -> pb.PreferredAllocationResponse:
         slots = self.table.slots()
-        return pb.PreferredAllocationResponse(
-            container_responses=[
-                pb.ContainerPreferredAllocationResponse(
-                    deviceIDs=preferred(
-                        slots,
-                        list(r.available_deviceIDs),
-                        list(r.must_include_deviceIDs),
-                        r.allocation_size,
-                    )
-                )
-                for r in request.container_requests
-            ]
-        )
+        responses = []
+        for r in request.container_requests:
+            available = list(r.available_deviceIDs)
+            try:
+                tiers = self.steer(self.table.resource, available)
+            except Exception:  # a hint only: never fail an allocation over it
+                log.exception("steering failed; topology alone decides")
+                tiers = [available]
+            picks = list(r.must_include_deviceIDs)
+            for tier in [*tiers, available]:
+                if len(picks) >= r.allocation_size:
+                    break
+                picks = preferred(slots, tier, picks, r.allocation_size)
+            responses.append(pb.ContainerPreferredAllocationResponse(deviceIDs=picks))
+        return pb.PreferredAllocationResponse(container_responses=responses)
 
     def Allocate(  # noqa: N802 (gRPC's method name)
         self, request: pb.AllocateRequest, context: Any
@@ -121,7 +141,11 @@ class DevicePluginServicer(pb_grpc.DevicePluginServicer):
                 # ListAndWatch. A device that just flapped may well work, and
                 # refusing would fail the pod outright, so this is only logged.
                 log.warning("allocating unhealthy devices", devices=unhealthy)
-            responses.append(container_response(slots, control, self.device_root, self.cdi_kind))
+            responses.append(
+                container_response(
+                    slots, control, self.device_root, self.cdi_kind, self.host_device_root
+                )
+            )
         return pb.AllocateResponse(container_responses=responses)
 
     def PreStartContainer(  # noqa: N802 (gRPC's method name)
@@ -167,13 +191,18 @@ class ResourcePlugin:
         plugin_dir: Path,
         device_root: str = "/dev",
         cdi_kind: str = CDI_KIND,
+        *,
         max_workers: int = 8,
+        host_device_root: str = "/dev",
+        steer: Steer = _one_tier,
     ) -> None:
         self.table = table
         self.resource = table.resource
         self.plugin_dir = plugin_dir
         self.socket = plugin_dir / socket_name(table.resource)
         self.device_root = device_root
+        self.host_device_root = host_device_root
+        self.steer = steer
         self.cdi_kind = cdi_kind
         self.max_workers = max_workers
         self._server: Any = None
@@ -190,7 +219,9 @@ class ResourcePlugin:
         if self._server is not None:
             return
         self.socket.unlink(missing_ok=True)
-        servicer = DevicePluginServicer(self.table, self.device_root, self.cdi_kind)
+        servicer = DevicePluginServicer(
+            self.table, self.device_root, self.cdi_kind, self.host_device_root, self.steer
+        )
         server = grpc.server(
             ThreadPoolExecutor(
                 max_workers=self.max_workers, thread_name_prefix=f"dp-{self.socket.stem}"

@@ -67,6 +67,10 @@ class GatewayOptions:
     admin_group: str | None = None
     """Linux group whose members (and root) pass through unchanged."""
     dev_root: Path = Path("/dev")
+    host_dev_root: Path | None = None
+    host_etc: Path | None = None
+    """The host's /etc, for users and groups, when the gateway does not run on the host."""
+    """Where the engine's host has `dev_root` (None: the same path; `--host-dev-root`)."""
     bind_roots: tuple[str, ...] = ("{home}",)
     """Host paths users may bind; `{home}` and `{login}` are filled in per caller."""
     socket_mode: int = 0o666

@@ -160,7 +160,9 @@ async def create(session: Session, call: Call) -> bool:
             return await session.refuse(call, refused, container=name)
         final = finish_create(
             plan,
-            device_nodes=hostfacts.device_nodes(inventory, uuids, core.options.dev_root)
+            device_nodes=hostfacts.device_nodes(
+                inventory, uuids, core.options.dev_root, core.options.host_dev_root
+            )
             if inventory is not None and uuids
             else [],
             device_uuids=uuids,

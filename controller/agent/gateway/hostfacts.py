@@ -174,9 +174,13 @@ def in_container(path: str, dev_root: Path) -> str:
 
 
 def device_nodes(
-    inventory: Inventory, uuids: Iterable[str], dev_root: Path
+    inventory: Inventory, uuids: Iterable[str], dev_root: Path, host_root: Path | None = None
 ) -> list[tuple[str, str]]:
-    """(host path, container path) of the chosen slots' nodes, plus the control devices."""
+    """(host path, container path) of the chosen slots' nodes, plus the control devices.
+
+    ``host_root`` is where the host (the engine) has ``dev_root``, when the agent sees
+    it elsewhere (`/host/dev` in a pod); by default the agent's own paths are the host's.
+    """
     wanted = set(uuids)
     nodes: list[DeviceNode] = []
     for slot in inventory.slots():
@@ -184,7 +188,27 @@ def device_nodes(
             nodes += [n for n in slot.devices if n not in nodes]
     if nodes:
         nodes += [n for n in inventory.control if Path(n.path).exists()]
-    return [(n.path, in_container(n.path, dev_root)) for n in nodes]
+    return [(host_path(n.path, dev_root, host_root), in_container(n.path, dev_root)) for n in nodes]
+
+
+def host_path(path: str, dev_root: Path, host_root: Path | None) -> str:
+    """The host's path of a device node the agent sees at ``path``."""
+    if host_root is None:
+        return path
+    try:
+        return str(host_root / Path(path).relative_to(dev_root))
+    except ValueError:
+        return path
+
+
+def agent_path(path: str, dev_root: Path, host_root: Path | None) -> str:
+    """Where the agent sees a host device path (the inverse of `host_path`)."""
+    if host_root is None:
+        return path
+    try:
+        return str(dev_root / Path(path).relative_to(host_root))
+    except ValueError:
+        return path
 
 
 def bind_roots(patterns: Sequence[str], login: str | None, home: str | None) -> tuple[str, ...]:

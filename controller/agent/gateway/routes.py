@@ -236,20 +236,26 @@ async def start(session: Session, call: Call) -> bool:
 
 async def _recheck(session: Session, found: Owned) -> Refusal | None:
     inventory = session.core.source.inventory()
+    options = session.core.options
+
+    def seen(path: str) -> str:  # the host's path where the agent sees it (a pod: /host/dev)
+        return hostfacts.agent_path(path, options.dev_root, options.host_dev_root)
+
     gpu_nodes: dict[str, frozenset[tuple[int, int]]] = {}
     if inventory is not None and found.devices:
         for host_path, _ in hostfacts.device_nodes(
-            inventory, found.devices, session.core.options.dev_root
+            inventory, found.devices, options.dev_root, options.host_dev_root
         ):
             gpu_nodes[host_path] = frozenset(
                 (n.major, n.minor)
                 for s in inventory.slots()
                 for n in [*s.devices, *inventory.control]
-                if n.path == host_path
+                if n.path == seen(host_path)
             )
     paths = [str(d.get("PathOnHost") or "") for d in found.mapped]
     facts = {
-        p: await asyncio.to_thread(hostfacts.path_facts, p, walk=True) for p in dict.fromkeys(paths)
+        p: await asyncio.to_thread(hostfacts.path_facts, seen(p), walk=True)
+        for p in dict.fromkeys(paths)
     }
     judged = rules(session)
     refused = recheck_devices(found.mapped, facts=facts, rules=judged, gpu_nodes=gpu_nodes)

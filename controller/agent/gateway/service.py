@@ -108,7 +108,7 @@ class Gateway:
             options=options,
             source=source,
             engine=Engine(options.engine_socket, options.key),
-            identities=Identities(options.admin_group, source.accounts),
+            identities=Identities(options.admin_group, source.accounts, host_etc=options.host_etc),
             recorder=self.recorder,
         )
         self._own = _own_container()

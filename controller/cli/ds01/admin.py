@@ -24,6 +24,7 @@ from controller.api.base import API_VERSION, GROUP, VERSION
 from controller.cli.ds01 import auditview
 from controller.cli.ds01.common import (
     OK,
+    REFUSED,
     USAGE,
     CliError,
     Terminal,
@@ -37,6 +38,9 @@ from controller.cli.ds01.session import Session, conventional_namespace
 from controller.cli.ds01.table import Style, paint
 from controller.policy import ds01import
 from controller.runtime.audit import read_records
+from controller.runtime.auditchain import Anchor, matching_anchor, raw_lines
+from controller.runtime.auditchain import verify as check_trail
+from controller.runtime.audittrail import AuditKeyError, read_key
 
 OWNER_BINDING = "ds01-account-owner"
 USER_ROLE = "ds01-user"
@@ -269,10 +273,7 @@ def _show(term: Terminal, item: ds01import.Change) -> None:
 # -- audit ----------------------------------------------------------------------------
 
 
-@handled
-def audit(args: argparse.Namespace) -> int:
-    from controller.cli.ds01.student import since_of
-
+def _trail_path(args: argparse.Namespace) -> Path:
     path = args.file or os.environ.get("DS01_AUDIT_LOG")
     if not path:
         raise CliError(
@@ -282,8 +283,18 @@ def audit(args: argparse.Namespace) -> int:
         )
     if not Path(path).exists() and not list(Path(path).parent.glob(Path(path).name + ".*")):
         raise CliError(f"--file: {path} does not exist")
+    return Path(path)
+
+
+@handled
+def audit(args: argparse.Namespace) -> int:
+    from controller.cli.ds01.student import since_of
+
+    if args.action == "verify":
+        return verify(args)
+    path = _trail_path(args)
     since = since_of(args.since, datetime.now(UTC)) if args.since else None
-    records = read_records(Path(path))
+    records = read_records(path)
     chosen = [r for r in records if auditview.matches(r, since, args.user, args.type)]
     term = Terminal.detect()
     if args.output in ("json", "yaml"):
@@ -291,6 +302,55 @@ def audit(args: argparse.Namespace) -> int:
         return OK
     emit_table(term, auditview.HEADERS, auditview.rows(chosen), args.no_headers)
     return OK
+
+
+def _anchor(args: argparse.Namespace) -> Anchor | None:
+    """The checkpoint kept outside the trail: given, or read from the cluster."""
+    if args.anchor:
+        seq, _, chain = args.anchor.partition(":")
+        if not seq.isdigit() or len(chain) != 64:
+            raise CliError("--anchor: give SEQ:SHA256 (as `kubectl get` shows it)", USAGE)
+        return Anchor(int(seq), chain)
+    if not args.anchor_from:
+        return None
+    session = Session(args.kubeconfig, args.context)
+    kind, _, name = args.anchor_from.partition("/")
+    if kind == "node":
+        node = session.custom.get_cluster_custom_object(GROUP, VERSION, "gpunodes", name)
+        kept = ((node.get("status") or {}).get("agent") or {}).get("auditAnchor")
+        if not kept:
+            raise CliError(f"GPUNode {name} keeps no audit anchor (its agent has no --audit-key)")
+        return Anchor(int(kept["seq"]), str(kept["chain"]))
+    namespace, _, configmap = name.partition("/")
+    if kind != "configmap" or not configmap:
+        raise CliError("--anchor-from: node/NAME or configmap/NAMESPACE/NAME", USAGE)
+    data = session.core.read_namespaced_config_map(configmap, namespace).data or {}
+    anchors = [_parse_anchor(value) for value in data.values()]
+    return matching_anchor([a for a in anchors if a is not None], raw_lines(_trail_path(args)))
+
+
+def _parse_anchor(value: str) -> Anchor | None:
+    seq, _, chain = value.partition(":")
+    return Anchor(int(seq), chain) if seq.isdigit() and len(chain) == 64 else None
+
+
+def verify(args: argparse.Namespace) -> int:
+    """`ds01 audit verify`: the chain, the signatures, the anchor; exit 1 on any break."""
+    path = _trail_path(args)
+    try:
+        key = read_key(Path(args.key_file)) if args.key_file else None
+    except AuditKeyError as error:
+        raise CliError(str(error).replace("--audit-key", "--key-file"), USAGE) from None
+    report = check_trail(raw_lines(path), key, _anchor(args))
+    term = Terminal.detect()
+    term.print(f"{path}: {report.summary()}")
+    if report.legacy:
+        term.print(f"  {report.legacy} record(s) from before the trail was chained")
+    for problem in report.problems:
+        term.print("  " + paint(f"BROKEN: {problem}", "red", term.colour))
+    if key is None:
+        term.print("  (no --key-file: checkpoint signatures were not checked)")
+    return OK if report.ok else REFUSED
 
 
 def register(commands: Any) -> None:
@@ -317,8 +377,22 @@ def register(commands: Any) -> None:
 
     p = commands.add_parser(
         "audit",
-        parents=[output_flags("json", "yaml")],
-        help="read the audit trail across rotations",
+        parents=[output_flags("json", "yaml"), conn],
+        help="read the audit trail across rotations, or verify it (audit verify)",
+    )
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=("list", "verify"),
+        default="list",
+        help="list records (default), or verify the chain, signatures and anchor",
+    )
+    p.add_argument("--key-file", help="verify: the trail's signing key (the --audit-key file)")
+    p.add_argument("--anchor", help="verify: the checkpoint kept outside the trail, SEQ:SHA256")
+    p.add_argument(
+        "--anchor-from",
+        help="verify: read it from the cluster: node/NAME (an agent's) or "
+        "configmap/NAMESPACE/NAME (the operator's: configmap/ds01-system/ds01-audit-anchor)",
     )
     p.add_argument("--file", help="the audit log (default: $DS01_AUDIT_LOG)")
     p.add_argument("--since", help="only records since: 7d, 12h or a date")
