@@ -42,7 +42,8 @@ from controller.agent.deviceplugin.proto import deviceplugin_v1beta1_pb2 as pb
 from controller.agent.deviceplugin.proto import deviceplugin_v1beta1_pb2_grpc as pb_grpc
 from controller.agent.deviceplugin.server import socket_name, unix_channel
 from controller.agent.deviceplugin.simkubelet import SimulatedKubelet
-from controller.agent.inventory import GPU_RESOURCE, DeviceNode, Gpu, Inventory, MigSlice
+from controller.agent.inventory import DeviceNode, Gpu, Inventory, MigSlice
+from controller.api.names import GPU_RESOURCE
 
 Stub = pb_grpc.DevicePluginStub
 CONTROL = (

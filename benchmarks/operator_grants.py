@@ -27,7 +27,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client, config, watch
 
@@ -57,21 +57,33 @@ class ActiveWatcher(threading.Thread):
         self.lock = threading.Lock()
 
     def run(self) -> None:
-        stream = watch.Watch().stream(
-            self.api.list_cluster_custom_object, GROUP, VERSION, PLURAL, timeout_seconds=3600
-        )
-        try:
-            self._consume(stream)
-        except Exception:  # the cluster is being stopped under the watch at the end
-            return
+        """Watch until the process ends, listing again after any break: a loaded
+        apiserver drops watches, and a watcher that stopped would time every grant out."""
+        while True:
+            try:
+                listed = cast(
+                    dict[str, Any], self.api.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+                )
+                for obj in listed["items"]:
+                    self._seen(obj)
+                stream = watch.Watch().stream(
+                    self.api.list_cluster_custom_object,
+                    GROUP,
+                    VERSION,
+                    PLURAL,
+                    resource_version=listed["metadata"]["resourceVersion"],
+                    timeout_seconds=300,
+                )
+                for event in stream:
+                    self._seen(event["object"])
+            except Exception:  # a dropped watch, or the cluster stopping at the end
+                time.sleep(0.5)
 
-    def _consume(self, stream: Any) -> None:
-        for event in stream:
-            obj: dict[str, Any] = event["object"]
-            if obj.get("status", {}).get("state") == "Active":
-                key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
-                with self.lock:
-                    self.active.setdefault(key, time.monotonic())
+    def _seen(self, obj: dict[str, Any]) -> None:
+        if (obj.get("status") or {}).get("state") == "Active":
+            key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
+            with self.lock:
+                self.active.setdefault(key, time.monotonic())
 
     def wait_for(self, keys: list[str], deadline_s: float) -> None:
         end = time.monotonic() + deadline_s
@@ -118,6 +130,71 @@ def settle(core: client.CoreV1Api, per_user: dict[str, int], since: float) -> fl
     return time.monotonic() - since
 
 
+BENCH_LIMIT: dict[str, Any] = {
+    "subjects": [{"kind": "Group", "name": "bench"}],
+    "priority": 10,
+    "grants": {"approval": "Auto", "maxGPUEquivalents": "Unlimited", "maxDuration": "Unlimited"},
+    "rates": {"grantRequestsPerDay": "Unlimited"},
+}
+"""The benchmarks' GPURateLimit `bench`: auto-approved, nothing capped."""
+
+
+def setup_accounts(
+    custom: client.CustomObjectsApi, core: client.CoreV1Api, users: list[str]
+) -> None:
+    """A GPURateLimit that auto-approves group `bench`, and an account namespace per user."""
+    custom.create_cluster_custom_object(
+        GROUP,
+        VERSION,
+        "gpuratelimits",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "GPURateLimit",
+            "metadata": {"name": "bench"},
+            "spec": BENCH_LIMIT,
+        },
+    )
+    for user in users:
+        name = user.split("@")[0]
+        core.create_namespace(
+            client.V1Namespace(
+                metadata=client.V1ObjectMeta(
+                    name=f"u-{name}",
+                    labels={"gpu.ds01.io/user": user.replace("@", "-")},
+                    annotations={"gpu.ds01.io/user-name": user, "gpu.ds01.io/groups": "bench"},
+                )
+            )
+        )
+
+
+def create_grant(
+    custom: client.CustomObjectsApi, users: list[str], index: int
+) -> tuple[str, float]:
+    """Create grant ``index`` (1 GPU for 24 h) for user ``index % len(users)``; its key and the
+    moment the create returned."""
+    user = users[index % len(users)]
+    namespace = f"u-{user.split('@')[0]}"
+    name = f"g-{index:05d}"
+    custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "GPUGrant",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "subject": {"kind": "User", "name": user},
+                "gpus": {"count": 1},
+                "duration": "24h",
+                "reason": "benchmark",
+            },
+        },
+    )
+    return f"{namespace}/{name}", time.monotonic()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=100)
@@ -131,63 +208,13 @@ def main() -> int:
         api_client = config.new_client_from_config(config_file=str(cluster.kubeconfig))
         custom = client.CustomObjectsApi(api_client)
         core = client.CoreV1Api(api_client)
-        custom.create_cluster_custom_object(
-            GROUP,
-            VERSION,
-            "gpuratelimits",
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "GPURateLimit",
-                "metadata": {"name": "bench"},
-                "spec": {
-                    "subjects": [{"kind": "Group", "name": "bench"}],
-                    "priority": 10,
-                    "grants": {
-                        "approval": "Auto",
-                        "maxGPUEquivalents": "Unlimited",
-                        "maxDuration": "Unlimited",
-                    },
-                    "rates": {"grantRequestsPerDay": "Unlimited"},
-                },
-            },
-        )
         users = [f"bench{u:03d}@lab.example" for u in range(args.users)]
-        for user in users:
-            name = user.split("@")[0]
-            core.create_namespace(
-                client.V1Namespace(
-                    metadata=client.V1ObjectMeta(
-                        name=f"u-{name}",
-                        labels={"gpu.ds01.io/user": user.replace("@", "-")},
-                        annotations={"gpu.ds01.io/user-name": user, "gpu.ds01.io/groups": "bench"},
-                    )
-                )
-            )
+        setup_accounts(custom, core, users)
         watcher = ActiveWatcher(custom)
         watcher.start()
 
         def create(index: int) -> tuple[str, float]:
-            user = users[index % len(users)]
-            namespace = f"u-{user.split('@')[0]}"
-            name = f"g-{index:05d}"
-            custom.create_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                {
-                    "apiVersion": f"{GROUP}/{VERSION}",
-                    "kind": "GPUGrant",
-                    "metadata": {"name": name, "namespace": namespace},
-                    "spec": {
-                        "subject": {"kind": "User", "name": user},
-                        "gpus": {"count": 1},
-                        "duration": "24h",
-                        "reason": "benchmark",
-                    },
-                },
-            )
-            return f"{namespace}/{name}", time.monotonic()
+            return create_grant(custom, users, index)
 
         started = time.monotonic()
         with ThreadPoolExecutor(8) as pool:

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-GPU_RESOURCE = "gpu.ds01.io/gpu"
-"""Extended resource name of whole GPUs."""
-MIG_RESOURCE_PREFIX = "gpu.ds01.io/mig-"
-"""MIG slices are one extended resource per profile: `gpu.ds01.io/mig-2g.20gb`."""
+from controller.api import names
 
 
 def mig_resource(profile: str) -> str:
     """The extended resource name of a MIG profile."""
-    return f"{MIG_RESOURCE_PREFIX}{profile}"
+    return f"{names.MIG_RESOURCE_PREFIX}{profile}"
 
 
 @dataclass(frozen=True)
@@ -96,7 +93,7 @@ class Inventory:
                 out.append(
                     Slot(
                         uuid=gpu.uuid,
-                        resource=GPU_RESOURCE,
+                        resource=names.GPU_RESOURCE,
                         gpu=gpu,
                         devices=(gpu.device,),
                         healthy=gpu.healthy,

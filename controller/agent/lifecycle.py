@@ -22,6 +22,7 @@ import structlog
 
 from controller.agent.docker import Container, DockerClient, DockerError
 from controller.agent.inventory import Inventory, Sample
+from controller.api import names
 from controller.api.node import GPUNodeSpec
 from controller.api.ratelimit import GPURateLimitSpec, WorkloadType
 from controller.policy.lifecycle import (
@@ -36,8 +37,6 @@ from controller.policy.lifecycle import (
 )
 
 log = structlog.get_logger("ds01.agent.lifecycle")
-KEEP_ALIVE_LABEL = "gpu.ds01.io/keep-alive"
-TYPE_LABEL = "gpu.ds01.io/workload-type"
 
 Notify = Callable[[str, str | None, str, str, dict[str, object]], None]
 
@@ -45,7 +44,7 @@ Notify = Callable[[str, str | None, str, str, dict[str, object]], None]
 def workload_type(container: Container) -> WorkloadType:
     """DS01's container types: by tooling labels, else a raw `docker run`."""
     labels = container.labels
-    declared = labels.get(TYPE_LABEL)
+    declared = labels.get(names.WORKLOAD_TYPE)
     if declared in ("job", "unknown"):
         return declared  # type: ignore[return-value]
     if container.name.startswith("vsc-") or any(k.startswith("devcontainer.") for k in labels):
@@ -299,7 +298,7 @@ class DockerLifecycle:
 
 
 def _requested(container: Container) -> datetime | None:
-    value = container.labels.get(KEEP_ALIVE_LABEL)
+    value = container.labels.get(names.KEEP_ALIVE)
     if not value:
         return None
     try:

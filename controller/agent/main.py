@@ -7,6 +7,7 @@ systemd service on a Docker host, and in tests against a prepared tree.
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from controller.agent.runtimegate import RuntimeGate
 from controller.agent.scan import ContainerCache
 from controller.agent.state import PolicyStore, StateError, ViewStore
 from controller.agent.steering import Steering, asks_for
+from controller.api.account import LABEL_USER
 from controller.api.base import GROUP, VERSION
 from controller.api.kinds import GPURateLimit
 from controller.policy.effective import NamedLimit
@@ -123,7 +125,7 @@ class KubeCluster:
 
     def namespaces(self) -> list[tuple[str, dict[str, str], dict[str, str]]]:
         out = []
-        for ns in self.core.list_namespace(label_selector="gpu.ds01.io/user").items:
+        for ns in self.core.list_namespace(label_selector=LABEL_USER).items:
             meta = ns.metadata
             if meta is not None and meta.name:
                 out.append((meta.name, dict(meta.labels or {}), dict(meta.annotations or {})))
@@ -303,6 +305,12 @@ def build(
         gateway = _gateway(options, agent, key, publisher, audit)
         gateway.start()
         closers.append(gateway.stop)
+    # Start-up is over: what exists now (modules, classes, the clients) lives as long as
+    # the agent. Frozen, the collector's full passes no longer walk those ~80,000
+    # objects; they cost 45-60 ms of CPU each and made the scan's p99. Garbage is
+    # collected first, so that none of it is frozen with them.
+    gc.collect()
+    gc.freeze()
     return agent, closers
 
 

@@ -25,9 +25,9 @@ import grpc
 from controller.agent.deviceplugin.proto import podresources_v1_pb2 as pr
 from controller.agent.deviceplugin.proto import podresources_v1_pb2_grpc as pr_grpc
 from controller.agent.deviceplugin.server import unix_channel
+from controller.api import names
 
 DEFAULT_SOCKET = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
-OUR_PREFIX = "gpu.ds01.io/"
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,9 @@ class PodResourcesResult:
         return {d: c.ref for c in self.containers for d in c.device_ids}
 
 
-def ours(response: pr.ListPodResourcesResponse, prefix: str = OUR_PREFIX) -> list[ContainerDevices]:
+def ours(
+    response: pr.ListPodResourcesResponse, prefix: str = names.PREFIX
+) -> list[ContainerDevices]:
     """Our resources' entries of a `List` response, in kubelet's order."""
     out = []
     for pod in response.pod_resources:
@@ -88,7 +90,7 @@ class PodResourcesClient:
         self,
         socket: str | Path = DEFAULT_SOCKET,
         timeout_s: float = 2.0,
-        prefix: str = OUR_PREFIX,
+        prefix: str = names.PREFIX,
     ) -> None:
         self.socket = Path(socket)
         self.timeout_s = timeout_s

@@ -15,9 +15,7 @@ import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-OWNER_LABEL = "gpu.ds01.io/owner"
-DEVICES_LABEL = "gpu.ds01.io/devices"
-SIGNATURE_LABEL = "gpu.ds01.io/signature"
+from controller.api import names
 
 
 @dataclass(frozen=True)
@@ -35,14 +33,14 @@ def _payload(name: str, owner: str, devices: Sequence[str]) -> bytes:
 def sign(key: bytes, name: str, owner: str, devices: Sequence[str]) -> dict[str, str]:
     """The labels the gateway puts on a container it creates."""
     digest = hmac.new(key, _payload(name, owner, devices), hashlib.sha256).hexdigest()
-    return {OWNER_LABEL: owner, DEVICES_LABEL: ",".join(sorted(devices)), SIGNATURE_LABEL: digest}
+    return {names.OWNER: owner, names.DEVICES: ",".join(sorted(devices)), names.SIGNATURE: digest}
 
 
 def verify(key: bytes | None, name: str, labels: Mapping[str, str]) -> Stamp | None:
     """The stamp a container's labels carry, if the gateway's signature holds."""
-    owner, signature = labels.get(OWNER_LABEL), labels.get(SIGNATURE_LABEL)
+    owner, signature = labels.get(names.OWNER), labels.get(names.SIGNATURE)
     if key is None or not owner or not signature:
         return None
-    devices = tuple(d for d in labels.get(DEVICES_LABEL, "").split(",") if d)
+    devices = tuple(d for d in labels.get(names.DEVICES, "").split(",") if d)
     expected = hmac.new(key, _payload(name, owner, devices), hashlib.sha256).hexdigest()
     return Stamp(owner, devices) if hmac.compare_digest(expected, signature) else None

@@ -27,8 +27,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from controller.api import names
 from controller.api.account import LABEL_USER
 from controller.api.accountpolicy import POLICY_CONFIGMAP
+from controller.api.base import API_VERSION
 from controller.devcluster import agentnode, binaries, dockerd, image, node, podnode, simnode
 from controller.devcluster.controlplane import (
     ADMIN_USER,
@@ -80,7 +82,7 @@ def wait_for_admission(cluster: LocalCluster, deadline_s: float = 60) -> None:
     own = _PROBE.format(subject=ADMIN_USER, approval="  approval: {decision: Approved}\n")
     node = json.dumps(
         {
-            "apiVersion": "gpu.ds01.io/v1alpha1",
+            "apiVersion": API_VERSION,
             "kind": "GPUNode",
             "metadata": {"name": "admission-probe"},
             "spec": {"enforcement": "Audit"},
@@ -143,7 +145,7 @@ def wait_for_admission(cluster: LocalCluster, deadline_s: float = 60) -> None:
             "name": "probe",
             "image": "probe",
             "securityContext": {"privileged": privileged},
-            "resources": {"limits": {"gpu.ds01.io/gpu": str(gpus)}},
+            "resources": {"limits": {names.GPU_RESOURCE: str(gpus)}},
         }
         return json.dumps(
             {
@@ -315,7 +317,8 @@ def _up(args: argparse.Namespace) -> int:
         f"  GPU node:    {SIMULATED_NODE} (simulated: {_gpus(dev_node)} x A100-80GB,"
         " GPUs 0-1 in MIG mode)\n"
         f"{_node_lines(dev_node)}"
-        f"  logs:        {workdir / 'logs'}   audit: {audit}\n\n"
+        f"  logs:        {workdir / 'logs'}   audit: {audit}\n"
+        f"{_verify_line(dev_node, audit)}\n"
         f"  export KUBECONFIG={shlex.quote(str(cluster.kubeconfig))}\n"
         f"  export PATH={shlex.quote(str(kubectl_dir))}:$PATH"
         f"   # kubectl {built.kubernetes_version}\n"
@@ -351,10 +354,20 @@ def clear_state(workdir: Path) -> str | None:
     return None
 
 
+def _verify_line(dev_node: DevNode, audit: Path) -> str:
+    if not isinstance(dev_node, podnode.PodNode):
+        return ""
+    key = podnode.audit_key(dev_node.real.cluster.workdir)
+    return (
+        f"  verify it:   ds01 audit verify --file {audit} --key-file {key}"
+        " --anchor-from configmap/ds01-system/ds01-audit-anchor\n"
+    )
+
+
 def _operator_line(dev_node: DevNode) -> str:
     if isinstance(dev_node, podnode.PodNode):
         return (
-            "  operator:    Deployment ds01-system/ds01-operator, image"
+            "  operator:    StatefulSet ds01-system/ds01-operator, image"
             f" {dev_node.image.name} (`kubectl get pods -n ds01-system`)\n"
         )
     return "  operator:    a host process, as ServiceAccount ds01-system/ds01-operator\n"

@@ -47,7 +47,7 @@ def cache_root() -> Path:
     return Path(base) / "ds01-controller"
 
 
-def _required_version(go_mod: Path, module: str) -> str:
+def required_version(go_mod: Path, module: str) -> str:
     match = re.search(rf"^\s*(?:require\s+)?{re.escape(module)}\s+(v\S+)", go_mod.read_text(), re.M)
     if not match:
         raise RuntimeError(f"{go_mod}: no requirement on {module}")
@@ -95,13 +95,13 @@ class Binaries:
 def planned() -> Binaries:
     """Where the binaries for the pinned versions are, built or not."""
     tools = source_root() / "tools"
-    k8s = _required_version(tools / "k8s" / "go.mod", "k8s.io/kubernetes")
-    etcd = _required_version(tools / "etcd" / "go.mod", "go.etcd.io/etcd/server/v3")
+    k8s = required_version(tools / "k8s" / "go.mod", "k8s.io/kubernetes")
+    etcd = required_version(tools / "etcd" / "go.mod", "go.etcd.io/etcd/server/v3")
     cache = cache_root() / "bin"
     return Binaries(k8s, etcd, cache / f"kubernetes-{k8s}", cache / f"etcd-{etcd}")
 
 
-def _go_build(module_dir: Path, packages: list[str], out: Path, ldflags: str) -> None:
+def go_build(module_dir: Path, packages: list[str], out: Path, ldflags: str) -> None:
     """Build ``packages``; ``out`` is a folder for several, the binary's path for one."""
     go = shutil.which("go")
     if go is None:
@@ -114,7 +114,7 @@ def _go_build(module_dir: Path, packages: list[str], out: Path, ldflags: str) ->
     subprocess.run(command, cwd=module_dir, env=env, check=True)
 
 
-def _build_into(final: Path, names: list[str], build: Callable[[Path], None]) -> None:
+def build_into(final: Path, names: list[str], build: Callable[[Path], None]) -> None:
     """Build ``names`` into a staging folder, then move each into ``final``.
 
     A command added to the list later (kubelet, after the control plane) is
@@ -156,14 +156,14 @@ def ensure() -> Binaries:
             def build_kubernetes(out: Path) -> None:
                 # One command: the binary's path; several: the folder they go to.
                 target = out / commands[0] if len(commands) == 1 else out
-                _go_build(tools / "k8s", packages, target, ldflags)
+                go_build(tools / "k8s", packages, target, ldflags)
 
-            _build_into(binaries.kubernetes_dir, commands, build_kubernetes)
+            build_into(binaries.kubernetes_dir, commands, build_kubernetes)
         if binaries.etcd in binaries.missing():
-            _build_into(
+            build_into(
                 binaries.etcd_dir,
                 ["etcd"],
-                lambda out: _go_build(
+                lambda out: go_build(
                     tools / "etcd", ["go.etcd.io/etcd/server/v3"], out / "etcd", "-s -w"
                 ),
             )

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from controller.api import names
+
 GROUP = "ds01-controller"
 RUNBOOKS = "docs/troubleshooting.md"
 
@@ -188,7 +190,7 @@ def prometheus_rule() -> dict[str, Any]:
         "metadata": {
             "name": "ds01-controller",
             "namespace": "ds01-system",
-            "labels": {"app.kubernetes.io/part-of": "ds01-controller"},
+            "labels": {names.PART_OF_LABEL: names.PART_OF},
         },
         "spec": rule_groups(),
     }

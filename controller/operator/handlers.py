@@ -1,9 +1,10 @@
 """kopf wiring: one index per kind, and every watch event pokes the reconciler.
 
 Handlers decide nothing. Indexes hold parsed projections (the pydantic models,
-or for namespaces just labels and annotations), never raw bodies. There are
-no change or delete handlers, so kopf writes no annotations and adds no
-finalizers of its own; the reconciler manages the one finalizer it needs.
+compacted by `controller.api.compact`, or for namespaces just labels and
+annotations), never raw bodies. There are no change or delete handlers, so kopf
+writes no annotations and adds no finalizers of its own; the reconciler manages
+the one finalizer it needs.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import itertools
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +24,14 @@ from kubernetes import client, config
 
 from controller.api.accountpolicy import MANAGED_BY, MANAGED_BY_LABEL
 from controller.api.base import GROUP, VERSION
+from controller.api.compact import compact
 from controller.api.kinds import GPUExemption, GPUGrant, GPUNode, GPURateLimit
 from controller.operator.election import LeaderElector
 from controller.operator.lifecycle import PodLifecycle
 from controller.operator.reconciler import Reconciler
 from controller.operator.usagehistory import UsageRecorder
 from controller.policy.accounts import Stored, StoredKind
+from controller.policy.nodereport import decisive_part
 from controller.policy.plan import Namespace
 from controller.policy.pods import Pod, parse_pod
 from controller.policy.usagehistory import MONTH_LABEL as USAGE_MONTH_LABEL
@@ -35,8 +40,9 @@ log = structlog.get_logger("ds01.operator")
 
 
 def _parse(model: Any, body: kopf.Body) -> Any:
+    """The object as ``model``, compacted: it is kept until its next version (`compact`)."""
     try:
-        return model.model_validate(dict(body))
+        return compact(model.model_validate(dict(body)))
     except ValueError as error:
         # The apiserver validated it against the CRD, so this means a schema newer
         # than this operator: skip the object rather than decide from a guess.
@@ -67,6 +73,22 @@ def connection_info(kubeconfig: Path) -> kopf.ConnectionInfo:
     )
 
 
+class RetryForever:
+    """kopf's backoffs for API errors it retries (connections, 5xx): never giving up.
+
+    With a list, kopf escalates once it is used up, and an escalated error in its
+    resource observer stops the whole operator: an apiserver down for longer than
+    the list's sum (a control-plane upgrade, an etcd restore) turned into a crash,
+    and in a pod into CrashLoopBackOff with growing delays after the apiserver was
+    back. client-go's reflectors retry without end, and so does this: 1, 2, 5 s,
+    then every 10 s. Not `Sized`, so kopf counts no last attempt; a fresh iterator
+    per request. Refusals (4xx) are not retried by kopf either way.
+    """
+
+    def __iter__(self) -> Iterator[float]:
+        return itertools.chain((1.0, 2.0, 5.0), itertools.repeat(10.0))
+
+
 def _configure(settings: kopf.OperatorSettings) -> None:
     """kopf's settings: our annotation prefix, quiet Events, bounded watches."""
     settings.persistence.finalizer = f"{GROUP}/kopf"
@@ -76,7 +98,7 @@ def _configure(settings: kopf.OperatorSettings) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
-    settings.networking.error_backoffs = [1, 2, 5, 10, 20]
+    settings.networking.error_backoffs = RetryForever()
     # No worker limit: kopf holds each object's worker until every index is
     # populated, so a limit below the number of objects deadlocks the start-up.
     settings.batching.worker_limit = None
@@ -213,10 +235,16 @@ def register(
         parsed = _parse(GPUExemption, body)
         return {name: parsed} if parsed else {}
 
+    decisive: dict[str, int] = {}
+    """Per node, a hash of its last `decisive_part`: agents write their readings and
+    heartbeat every few seconds, and those alone need no pass at once."""
+
     @kopf.index(GROUP, VERSION, "gpunodes", registry=registry, id="node_index")
     def node_index(name: str, body: kopf.Body, **_: Any) -> dict[str, GPUNode]:
         parsed = _parse(GPUNode, body)
-        reconciler.nudge()
+        seen = hash(decisive_part(body))
+        reconciler.nudge(decisive=decisive.get(name) != seen)
+        decisive[name] = seen
         return {name: parsed} if parsed else {}
 
     def poke(**kwargs: Any) -> None:

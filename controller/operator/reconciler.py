@@ -45,6 +45,17 @@ MAX_IDLE = timedelta(seconds=60)
 """Even with no events and no deadline, re-plan this often (clock drift, missed watches)."""
 DEBOUNCE = 0.02
 """Seconds to let a burst of watch events settle into one pass."""
+LAZY = 10.0
+"""Seconds a change that decides nothing may wait for a pass (a node's heartbeat and
+readings: they only refresh metrics). 500 nodes scanning every 5 s would otherwise
+run a pass over every grant after each of their 100 writes a second."""
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _values(index: Mapping[Any, Any]) -> list[Any]:
@@ -71,6 +82,9 @@ class Reconciler:
         self.indexes: dict[str, Mapping[Any, Any]] = {}
         self._dirty = asyncio.Event()
         self._ready = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop the events belong to; kopf calls sync handlers on its worker threads."""
+        self._lazy = False
         self.cache = DecisionCache()
         self.passes = 0
         self._failing: dict[str, str] = {}
@@ -86,16 +100,43 @@ class Reconciler:
         """
         if not self._ready.is_set():
             self.indexes = {name: indexes[name] for name in INDEXES}
-            self._ready.set()
+            self._signal(self._ready)
+        self._signal(self._dirty)
+
+    def nudge(self, decisive: bool = True) -> None:
+        """A change seen while indexing: plan again, once the caches are complete.
+
+        A change that is not ``decisive`` (no decision reads it) is planned within
+        `LAZY` seconds, together with every other such change.
+        """
+        if not self._ready.is_set():
+            return
+        if decisive:
+            self._signal(self._dirty)
+        elif not self._lazy and self._loop is not None:
+            self._lazy = True
+            self._loop.call_soon_threadsafe(self._loop.call_later, LAZY, self._lazy_due)
+
+    def _lazy_due(self) -> None:
+        self._lazy = False
         self._dirty.set()
 
-    def nudge(self) -> None:
-        """A change seen while indexing: plan again, once the caches are complete."""
-        if self._ready.is_set():
-            self._dirty.set()
+    def _signal(self, event: asyncio.Event) -> None:
+        """Set ``event`` from the loop or from one of kopf's handler threads.
+
+        `asyncio.Event` is not thread-safe: set from another thread, its waiter is
+        scheduled without waking the loop, which then runs it only at its next
+        wake-up for some other reason.
+        """
+        loop = self._loop
+        if loop is None or _running_loop() is loop:
+            event.set()
+        else:
+            loop.call_soon_threadsafe(event.set)
 
     async def ready(self) -> None:
         """Return once kopf's caches are complete (see `poke`)."""
+        self._loop = asyncio.get_running_loop()
         await self._ready.wait()
 
     async def leading(self) -> int:
@@ -127,7 +168,7 @@ class Reconciler:
 
     async def run(self) -> None:
         """Plan and write forever; cancelled by the operator's shutdown."""
-        await self._ready.wait()
+        await self.ready()
         log.info("caches populated")
         while True:
             await self.leading()

@@ -151,8 +151,10 @@ class Writer:
                 and not grant.metadata.deletion_timestamp
             )
             approval = plan.approvals.get(key)
-            old = grant.status.to_wire() if grant.status else {}
-            patch = None if grant.status == status else merge_patch(old, status.to_wire())
+            patch = None
+            if grant.status is not status and grant.status != status:
+                old = grant.status.to_wire() if grant.status else {}
+                patch = merge_patch(old, status.to_wire())
             if needs_finalizer or approval is not None or patch:
                 write = self._write_grant(grant, needs_finalizer, approval, patch, after(key))
                 jobs.append((key, write))

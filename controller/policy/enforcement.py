@@ -243,6 +243,31 @@ def ever_granted(
     return False
 
 
+def _revocation_of(
+    holder: Holder,
+    serving: Sequence[SlotDevices],
+    entitled_slots: frozenset[str],
+    spec: GPUNodeSpec,
+    now: datetime,
+) -> Revocation | None:
+    """The revocation that ends this hold, if any; ``serving``: the slots using its device.
+
+    Several slots can share one device node (MIG slices all open their parent
+    GPU's node). A hold the place is still entitled to through some slot is
+    ended only when every such slot is revoked: revoking one slice must not
+    warn or end the holder of its sibling on the shared node (the revoked
+    slice's own process is caught by its capability node, which nobody shares).
+    """
+    justifying = [s for s in serving if s.uuid in entitled_slots]
+    found = [
+        _revoked(spec, holder.owner, s.uuid, s.gpu_uuid, now, effective_only=False)
+        for s in justifying or serving
+    ]
+    if justifying:
+        return found[0] if all(found) else None
+    return next((r for r in found if r is not None), None)
+
+
 def decide(
     *,
     spec: GPUNodeSpec,
@@ -272,8 +297,11 @@ def decide(
             decision.deny[place.path] = deny
         elif mode == "Audit":
             decision.would_deny[place.path] = deny
+    entitled_by_place = {
+        place: entitled(place, spec, slots, now) for place in {h.place for h in holders}
+    }
     allowed_by_holder = {
-        holder: holder.number in allowed_numbers(slots, entitled(holder.place, spec, slots, now))
+        holder: holder.number in allowed_numbers(slots, entitled_by_place[holder.place])
         for holder in holders
         if holder.number in gpu_numbers
     }
@@ -289,15 +317,8 @@ def decide(
     for holder, allowed_now in allowed_by_holder.items():
         # A revocation covering this use, in force or still in its grace period, sets the
         # deadline and the softness: the holder is warned now and ended at `effectiveAt`.
-        revocation = next(
-            (
-                r
-                for s in by_number.get(holder.number, [])
-                if (
-                    r := _revoked(spec, holder.owner, s.uuid, s.gpu_uuid, now, effective_only=False)
-                )
-            ),
-            None,
+        revocation = _revocation_of(
+            holder, by_number[holder.number], entitled_by_place[holder.place], spec, now
         )
         if revocation is not None and (not allowed_now or revocation.effective_at > now):
             decision.ends.append(

@@ -13,15 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from controller.api import names
 from controller.api.accountpolicy import AccountPolicy
 from controller.api.kinds import GPUGrant
 from controller.policy.conditions import find
 from controller.policy.units import format_duration, parse_duration_limit
-
-KEEP_ALIVE = "gpu.ds01.io/keep-alive"
-_IDLE_SINCE = "gpu.ds01.io/idle-since"
-_WARNING = "gpu.ds01.io/lifecycle-warning"
-_STOPPED = "gpu.ds01.io/lifecycle-stopped"
 
 
 @dataclass(frozen=True)
@@ -273,7 +269,7 @@ def explain_pod(
     name = f"Pod {pod.name}"
     if pod.owner:
         name += f" (of {pod.owner})"
-    stopped = pod.annotations.get(_STOPPED)
+    stopped = pod.annotations.get(names.LIFECYCLE_STOPPED)
     if stopped:
         again = (
             'resume the Job (`kubectl patch job ... -p \'{"spec":{"suspend":false}}\'`)'
@@ -284,7 +280,7 @@ def explain_pod(
             f"{name} was stopped by the ds01 operator: {stopped}. Its owner was stopped too, "
             f"so it is not simply recreated; {again} when you will use the GPU. For an "
             f"interactive session you want to keep while idle, annotate the pod with "
-            f"{KEEP_ALIVE}=<time> (honoured for at most lifecycle.keepAliveMax)."
+            f"{names.KEEP_ALIVE}=<time> (honoured for at most lifecycle.keepAliveMax)."
         )
     if not pod.gpu_requests:
         text = f"{name} asks for no GPU, so the ds01 lifecycle never stops it."
@@ -293,8 +289,8 @@ def explain_pod(
     if pod.started is not None:
         parts.append(f"and has used its GPU since {stamp(pod.started)}")
     text = " ".join(parts) + "."
-    warning = pod.annotations.get(_WARNING)
-    idle_since = _parse(pod.annotations.get(_IDLE_SINCE))
+    warning = pod.annotations.get(names.LIFECYCLE_WARNING)
+    idle_since = _parse(pod.annotations.get(names.IDLE_SINCE))
     timeout, timeout_source = _policy_duration(doc, "idleTimeout", pod.workload_type)
     runtime, runtime_source = _policy_duration(doc, "maxRuntime", pod.workload_type)
     if warning:
@@ -308,7 +304,7 @@ def explain_pod(
             )
         text += (
             ". Use the GPU to reset the idle clock, or annotate the pod with "
-            f"{KEEP_ALIVE}=<time> (at most lifecycle.keepAliveMax after its start)."
+            f"{names.KEEP_ALIVE}=<time> (at most lifecycle.keepAliveMax after its start)."
         )
     elif timeout is None and timeout_source:
         text += f" It is never stopped for idleness ({timeout_source})."

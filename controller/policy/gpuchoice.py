@@ -201,18 +201,20 @@ def choose(
             f"container ({entitlement.source_of('gpu.maxDevicesPerWorkload')})",
         )
 
-    def unavailable(device: Device) -> str | None:
+    def unavailable(device: Device) -> NoDevices | None:
+        # A device that is down or taken is a matter of capacity (try again later);
+        # one held for someone else or revoked is not the caller's to take (quota).
         if not device.healthy:
-            return f"{device.uuid} is unhealthy"
+            return NoDevices("capacity", f"{device.uuid} is unhealthy")
         holder = held.get(device.uuid)
         if holder is not None:
             whose = "another of your containers" if holder == user else "another container"
-            return f"{device.uuid} is in use by {whose}"
+            return NoDevices("capacity", f"{device.uuid} is in use by {whose}")
         others = reserved.get(device.uuid, set()) - {user}
         if others:
-            return f"{device.uuid} is reserved for someone else"
+            return NoDevices("quota", f"{device.uuid} is reserved for someone else")
         if _revoked(spec, user, device, now):
-            return f"your access to {device.uuid} was revoked"
+            return NoDevices("quota", f"your access to {device.uuid} was revoked")
         return None
 
     if request.ids:
@@ -255,18 +257,24 @@ def _explicit(
     *,
     entitlement: Entitlement,
     devices: Sequence[Device],
-    unavailable: Callable[[Device], str | None],
+    unavailable: Callable[[Device], NoDevices | None],
     mine_now: set[str],
     used: Fraction,
 ) -> Chosen | NoDevices:
     by_uuid = {d.uuid: d for d in devices}
     whole_by_index = {str(d.index): d for d in devices if d.mig_profile is None}
-    mig_gpus = {str(d.index) for d in devices if d.mig_profile is not None}
+    # A GPU in MIG mode is not a device of its own: named by index or by UUID, it
+    # gets the list of its slices rather than "no such GPU".
+    slices_of: dict[str, list[str]] = {}
+    for d in devices:
+        if d.mig_profile is not None:
+            slices_of.setdefault(str(d.index), []).append(d.uuid)
+            slices_of.setdefault(d.gpu_uuid, []).append(d.uuid)
     chosen: list[Device] = []
     for ident in ids:
         device = by_uuid.get(ident) or whole_by_index.get(ident)
-        if device is None and ident in mig_gpus:
-            slices = ", ".join(d.uuid for d in devices if str(d.index) == ident and d.mig_profile)
+        if device is None and ident in slices_of:
+            slices = ", ".join(slices_of[ident])
             return NoDevices(
                 "invalid",
                 f"--gpus device={ident}: GPU {ident} is in MIG mode; name one of its slices "
@@ -278,7 +286,7 @@ def _explicit(
             return NoDevices("invalid", f"--gpus device={ident}: named twice")
         why = unavailable(device)
         if why is not None:
-            return NoDevices("capacity" if "in use" in why else "quota", f"--gpus: {why}")
+            return NoDevices(why.kind, f"--gpus: {why.message}")
         if device.uuid not in mine_now and not entitlement.allows(device.mig_profile):
             return NoDevices("quota", f"--gpus device={ident}: {_not_allowed(device, entitlement)}")
         chosen.append(device)

@@ -12,6 +12,7 @@ from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from controller.api import names
 from controller.api.node import (
     EnforcementMode,
     GPUNodeSpec,
@@ -23,7 +24,8 @@ from controller.api.node import (
 )
 from controller.policy.allocation import Window
 
-ENFORCEMENT_LABEL = "gpu.ds01.io/enforcement"
+ENFORCEMENT_LABEL = names.ENFORCEMENT
+"""Kept here for controller.devcluster, which imports it from this module."""
 REVOCATION_RETENTION = timedelta(hours=1)
 """How long a revocation stays in a node's spec after it took effect."""
 

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from fractions import Fraction
 
+from controller.api import names
 from controller.api.account import LABEL_USER, Account, AccountError, parse_account
 from controller.api.accountpolicy import POLICY_CONFIGMAP
+from controller.api.compact import compact
 from controller.api.exemption import GPUExemptionStatus
 from controller.api.grant import GPUGrantStatus, GrantApproval
 from controller.api.kinds import GPUExemption, GPUGrant, GPUNode, GPURateLimit
@@ -226,11 +228,26 @@ class DecisionCache:
         if decision.events or decision.audit:
             self._accounts.pop(namespace, None)
         else:
-            self._accounts[namespace] = (inputs, decision)
+            self._accounts[namespace] = (inputs, _kept(decision))
 
     def keep_only_accounts(self, namespaces: set[str]) -> None:
         for gone in self._accounts.keys() - namespaces:
             del self._accounts[gone]
+
+
+def _kept(decision: AccountDecision) -> AccountDecision:
+    """The decision as remembered: its document without the list of the account's grants.
+
+    The objects to write (`data` holds the published document as text) stay whole;
+    the parsed document is read later only for the account's metrics, which never
+    look at its grant entries (a model per grant, kept per account for every pass);
+    what is left is compacted like the indexes' objects (`controller.api.compact`).
+    """
+    document = decision.document
+    if document is None:
+        return decision
+    kept = document.model_copy(update={"grants": [], "pending": []})
+    return replace(decision, document=compact(kept))
 
 
 class _Planner:
@@ -335,7 +352,9 @@ class _Planner:
         memo_key = f"tentative:{k}" if tentative else k
         found = self.cache.get(memo_key, inputs, self.now)
         if found is None or grant.metadata.resource_version is None:
-            found = grant_policy.decide(grant, ctx, self.now, self.settings.grants)
+            found = _sharing_stored(
+                grant_policy.decide(grant, ctx, self.now, self.settings.grants), grant
+            )
             self.cache.put(memo_key, inputs, found)
         return found
 
@@ -731,7 +750,7 @@ def _world(snapshot: Snapshot, now: datetime) -> int:
             tuple(
                 (ns.name, tuple(sorted(ns.labels.items())), tuple(sorted(ns.annotations.items())))
                 for ns in snapshot.namespaces
-                if any(k.startswith("gpu.ds01.io/") for k in ns.labels)
+                if any(k.startswith(names.PREFIX) for k in ns.labels)
             ),
             tuple(
                 (e.metadata.name, e.metadata.resource_version, exemption_policy.state_at(e, now))
@@ -753,6 +772,21 @@ def plan(
     keys = {grant_policy.key(g) for g in snapshot.grants}
     planner.cache.keep_only(keys | {f"tentative:{k}" for k in keys})
     return decided
+
+
+def _sharing_stored(
+    decision: grant_policy.GrantDecision, grant: GPUGrant
+) -> grant_policy.GrantDecision:
+    """The decision holding the grant's stored status itself when it decided the same.
+
+    Most passes decide what is already stored; the cache then keeps the index's
+    status object rather than an equal copy (a list of conditions per grant), and
+    the writer sees at a glance (`is`) that there is nothing to write.
+    """
+    stored = grant.status
+    if stored is None or decision.status is stored or decision.status != stored:
+        return decision
+    return replace(decision, status=stored)
 
 
 def _node_effect(

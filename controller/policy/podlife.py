@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from controller.api import names
 from controller.api.kinds import GPUExemption, GPUNode
 from controller.api.ratelimit import GPURateLimitSpec, WorkloadType
 from controller.policy import exemptions as exemption_policy
@@ -37,23 +38,14 @@ from controller.policy.lifecycle import (
     rules_for,
 )
 from controller.policy.plan import Snapshot, accounts
-from controller.policy.pods import GPU_PREFIX, OwnerRef, Pod
+from controller.policy.pods import OwnerRef, Pod
 from controller.policy.records import AuditRecord, EventRecord, ObjectRef
 
-IDLE_SINCE = f"{GPU_PREFIX}idle-since"
-"""When the current idle streak began (RFC 3339)."""
-IDLE_CHECKS = f"{GPU_PREFIX}idle-checks"
-"""Idle checks in a row, counted only up to `consecutiveChecks` (then it stops changing)."""
-WARNED = f"{GPU_PREFIX}lifecycle-warned"
-"""Warnings given, comma-separated: `idle-80`, `idle-95`, `runtime-75`, `runtime-90`."""
-WARNING = f"{GPU_PREFIX}lifecycle-warning"
-"""The latest warning, for people (`kubectl describe pod`)."""
-STOPPED = f"{GPU_PREFIX}lifecycle-stopped"
-"""Set when the operator stopped the pod's workload: why, and when."""
-KEEP_ALIVE = f"{GPU_PREFIX}keep-alive"
-"""Set by the user: hold off idle reaping until this time (capped at `keepAliveMax`)."""
+IDLE_SINCE = names.IDLE_SINCE
+"""Kept here for controller.operator, which imports it from this module."""
 
-STATE_KEYS = (IDLE_SINCE, IDLE_CHECKS, WARNED, WARNING)
+STATE_KEYS = (names.IDLE_SINCE, names.IDLE_CHECKS, names.LIFECYCLE_WARNED, names.LIFECYCLE_WARNING)
+"""The pod annotations that carry the idle lifecycle's state (`controller.api.names`)."""
 DEFAULT_REPORT_MAX_AGE = timedelta(minutes=5)
 
 
@@ -103,12 +95,12 @@ def load_state(annotations: Mapping[str, str], now: datetime) -> LifeState:
     An idle-since in the future (edited by hand) is taken as now: it can delay a
     stop only by as long as its owner keeps editing the pod.
     """
-    since = parse_time(annotations.get(IDLE_SINCE))
+    since = parse_time(annotations.get(names.IDLE_SINCE))
     try:
-        streak = max(0, int(annotations.get(IDLE_CHECKS, "0")))
+        streak = max(0, int(annotations.get(names.IDLE_CHECKS, "0")))
     except ValueError:
         streak = 0
-    warned = frozenset(w for w in annotations.get(WARNED, "").split(",") if w)
+    warned = frozenset(w for w in annotations.get(names.LIFECYCLE_WARNED, "").split(",") if w)
     if since is None or streak == 0:
         return LifeState(warned=warned)
     return LifeState(streak, min(since, now), warned)
@@ -122,9 +114,9 @@ def state_annotations(state: LifeState, rules: Rules) -> dict[str, str | None]:
     """
     streak = min(state.idle_streak, rules.consecutive_checks)
     return {
-        IDLE_SINCE: state.idle_since.isoformat() if state.idle_since and streak else None,
-        IDLE_CHECKS: str(streak) if streak and state.idle_since else None,
-        WARNED: ",".join(sorted(state.warned)) or None,
+        names.IDLE_SINCE: state.idle_since.isoformat() if state.idle_since and streak else None,
+        names.IDLE_CHECKS: str(streak) if streak and state.idle_since else None,
+        names.LIFECYCLE_WARNED: ",".join(sorted(state.warned)) or None,
     }
 
 
@@ -241,7 +233,7 @@ def decide(
             )
             if owner is None:
                 continue  # nobody's: not a user's workload to reap (system pods, for one)
-            if STOPPED in pod.annotations:
+            if names.LIFECYCLE_STOPPED in pod.annotations:
                 steps.append(PodStep(pod, node.metadata.name, owner.user, "restop", {}))
                 continue
             exempt = exemption_policy.exempt_from(
@@ -261,7 +253,7 @@ def decide(
                 started,
                 high_demand=in_high_demand(allocated, slots, rules),
                 keep_alive_until=keep_alive_until(
-                    parse_time(pod.annotations.get(KEEP_ALIVE)), started, rules
+                    parse_time(pod.annotations.get(names.KEEP_ALIVE)), started, rules
                 ),
             )
             audit_mode = node.spec.enforcement == "Audit"
@@ -285,12 +277,12 @@ def _step(
     key = f"pod:{pod.namespace}/{pod.name}"
     desired: dict[str, str | None] = dict(state_annotations(verdict.state, rules))
     if not verdict.state.warned:
-        desired[WARNING] = None
+        desired[names.LIFECYCLE_WARNING] = None
     if verdict.action == "keep":
         patch = annotation_patch(pod.annotations, desired)
         return PodStep(pod, node, user, "keep", patch, verdict=verdict)
     if verdict.action == "warn":
-        desired[WARNING] = verdict.message
+        desired[names.LIFECYCLE_WARNING] = verdict.message
         kind = "idle_warning" if verdict.reason == "Idle" else "runtime_warning"
         return PodStep(
             pod,
@@ -325,7 +317,7 @@ def _step(
         )
     kind = "idle_kill" if verdict.reason == "Idle" else "runtime_kill"
     message = f"stopping this pod's workload: {verdict.message}"
-    desired[STOPPED] = f"{verdict.reason}: {verdict.message}"
+    desired[names.LIFECYCLE_STOPPED] = f"{verdict.reason}: {verdict.message}"
     return PodStep(
         pod,
         node,

@@ -16,10 +16,8 @@ from datetime import datetime
 from fractions import Fraction
 from typing import Any
 
+from controller.api import names
 from controller.policy.quantity import parse_quantity
-
-GPU_PREFIX = "gpu.ds01.io/"
-"""Every extended resource the ds01 device plugin advertises starts with this."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +54,7 @@ class Pod:
         return {
             name: int(amount)
             for name, amount in self.requests.items()
-            if name.startswith(GPU_PREFIX) and amount > 0
+            if name.startswith(names.PREFIX) and amount > 0
         }
 
 
@@ -137,7 +135,7 @@ def parse_pod(body: Mapping[str, Any]) -> Pod:
         annotations={
             k: str(v)
             for k, v in (metadata.get("annotations") or {}).items()
-            if k.startswith(GPU_PREFIX)
+            if k.startswith(names.PREFIX)
         },
         owner=(
             OwnerRef(

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from controller.api import accountpolicy as ap
+from controller.api import names
 from controller.api.account import Account
 from controller.api.base import Condition
 from controller.api.grant import GPUGrantStatus
@@ -29,7 +30,7 @@ from controller.policy.alerts import Sent
 from controller.policy.conditions import Want, find
 from controller.policy.effective import EffectiveLimits, leaves
 from controller.policy.grants import equivalents as grant_equivalents
-from controller.policy.pods import GPU_PREFIX, Pod
+from controller.policy.pods import Pod
 from controller.policy.quantity import format_quantity
 from controller.policy.units import format_duration, format_gpu_equivalents
 
@@ -143,9 +144,15 @@ def _window(window: timedelta | None) -> str:
 
 def budget_message(facts: Facts) -> str:
     source = facts.limits.source_of("budget.gpuHours")
+    # An all-time budget has no "last" window to speak of.
+    over = (
+        "over all time"
+        if facts.budget_window is None
+        else f"in the last {_window(facts.budget_window)}"
+    )
     spent = (
-        f"{_hours(facts.budget_spent)} of {_hours(facts.budget_limit)} GPU-hours used in the "
-        f"last {_window(facts.budget_window)} (budget.gpuHours from {source})"
+        f"{_hours(facts.budget_spent)} of {_hours(facts.budget_limit)} GPU-hours used "
+        f"{over} (budget.gpuHours from {source})"
     )
     if facts.exhausted:
         back = _restores(facts)
@@ -294,7 +301,7 @@ def document(
     quota_lines = []
     for key, hard in facts.hard.items():
         resource = key.removeprefix("requests.")
-        if resource.startswith(GPU_PREFIX):
+        if resource.startswith(names.PREFIX):
             used = str(facts.used.get(resource, 0))
             each = format_gpu_equivalents(quota_policy.equivalent_of(resource, facts.equivalents))
         elif key == "pods":
@@ -387,7 +394,7 @@ def document(
 
 
 def _short(resource: str) -> str:
-    return resource.removeprefix(GPU_PREFIX)
+    return resource.removeprefix(names.PREFIX)
 
 
 def config_data(facts: Facts, doc: ap.AccountPolicy) -> dict[str, str]:

@@ -28,23 +28,20 @@ from fractions import Fraction
 from typing import Any
 
 from controller.api.kinds import GPUNode
+from controller.api.names import GPU_RESOURCE, MIG_RESOURCE_PREFIX, PREFIX
 from controller.api.ratelimit import GPUPolicy, PerWorkloadResources
 from controller.api.values import UNLIMITED
-from controller.policy.pods import GPU_PREFIX
 from controller.policy.quantity import parse_quantity, same_quantities
 from controller.policy.units import A100_SLICES, gpu_equivalents
 
-GPU_RESOURCE = f"{GPU_PREFIX}gpu"
-"""Whole GPUs, as the device plugin advertises them."""
-MIG_PREFIX = f"{GPU_PREFIX}mig-"
-"""MIG slices: ``gpu.ds01.io/mig-<profile>``."""
-
-_RESOURCE_NAME = re.compile(r"^gpu\.ds01\.io/[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_RESOURCE_NAME = re.compile(
+    rf"^{re.escape(PREFIX)}[A-Za-z0-9]([-A-Za-z0-9_.]{{0,61}}[A-Za-z0-9])?$"
+)
 
 
 def mig_resource(profile: str) -> str:
     """The extended resource of a MIG profile: ``2g.20gb`` -> ``gpu.ds01.io/mig-2g.20gb``."""
-    return f"{MIG_PREFIX}{profile}"
+    return f"{MIG_RESOURCE_PREFIX}{profile}"
 
 
 def valid_resource(name: str) -> bool:
@@ -78,9 +75,9 @@ def equivalent_of(resource: str, known: Mapping[str, Fraction]) -> Fraction:
     """GPU-equivalents of one device of ``resource``; unknown names count as a whole GPU."""
     if resource in known:
         return known[resource]
-    if resource.startswith(MIG_PREFIX):
+    if resource.startswith(MIG_RESOURCE_PREFIX):
         try:
-            return gpu_equivalents(resource.removeprefix(MIG_PREFIX))
+            return gpu_equivalents(resource.removeprefix(MIG_RESOURCE_PREFIX))
         except ValueError:
             return Fraction(1)
     return Fraction(1)
@@ -93,9 +90,9 @@ def allowed_resources(resources: Sequence[str], gpu: GPUPolicy) -> frozenset[str
         if name == GPU_RESOURCE:
             if gpu.allow_full_gpus is not False:
                 out.add(name)
-        elif name.startswith(MIG_PREFIX):
+        elif name.startswith(MIG_RESOURCE_PREFIX):
             profiles = gpu.allowed_mig_profiles
-            if profiles is None or name.removeprefix(MIG_PREFIX) in profiles:
+            if profiles is None or name.removeprefix(MIG_RESOURCE_PREFIX) in profiles:
                 out.add(name)
     return frozenset(out)
 

@@ -35,14 +35,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from controller.api.base import GROUP
+from controller.api import names
 
 FORMAT = "ds01.usage/v1"
 NAME_PREFIX = "ds01-usage-"
 COMPONENT = "usage"
 """Value of the `gpu.ds01.io/component` label on history objects."""
-MONTH_LABEL = f"{GROUP}/usage-month"
-"""Label holding ``YYYY-MM``, so readers can select the months they need."""
+MONTH_LABEL = names.USAGE_MONTH
+"""Kept here for controller.operator, which reads it from this module."""
 NO_NODE = "-"
 """Node of a grant that holds no devices (it raises the allowance anywhere)."""
 ALL_NODES = "*"

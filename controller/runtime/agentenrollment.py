@@ -26,6 +26,7 @@ from typing import Any, Literal, cast
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from controller.api import names
 from controller.api.base import GROUP, VERSION
 from controller.policy.agentidentity import (
     CLIENT_USAGES,
@@ -44,8 +45,6 @@ from controller.runtime.agentcredentials import (
     now_utc,
 )
 
-NODE_LABEL = "gpu.ds01.io/agent-node"
-"""On an agent's CSRs and ClusterRoleBindings: `kubectl get csr,clusterrolebinding -l ...`."""
 AGENT_ROLES = ("ds01-agent", "ds01-agent-credentials")
 """What an enrolled agent is bound to: the agent's work, and renewing its own certificate."""
 FIELD_MANAGER = "ds01-agent-enroll"
@@ -102,7 +101,7 @@ def authorize(api: client.ApiClient, node: str) -> str:
         body = client.V1ClusterRoleBinding(
             metadata=client.V1ObjectMeta(
                 name=binding_name(role, node),
-                labels={NODE_LABEL: node, "app.kubernetes.io/part-of": "ds01-controller"},
+                labels={names.AGENT_NODE: node, names.PART_OF_LABEL: names.PART_OF},
                 owner_references=[
                     client.V1OwnerReference(
                         api_version=f"{GROUP}/{VERSION}", kind="GPUNode", name=node, uid=uid
@@ -142,7 +141,7 @@ def submit(
         raise ValueError(f"validity: {validity} is shorter than Kubernetes' minimum of 10m")
     body = client.V1CertificateSigningRequest(
         metadata=client.V1ObjectMeta(
-            generate_name=f"ds01-agent-{node}-", labels={NODE_LABEL: node}
+            generate_name=f"ds01-agent-{node}-", labels={names.AGENT_NODE: node}
         ),
         spec=client.V1CertificateSigningRequestSpec(
             request=base64.b64encode(request_pem).decode(),

@@ -45,7 +45,12 @@ class AuditKeyError(ValueError):
 
 
 def read_key(path: Path) -> bytes:
-    """The key's bytes; refused when missing, empty, or readable by others than its owner."""
+    """The key's bytes; refused when missing, empty, or open to every user.
+
+    Group read is allowed: a Kubernetes Secret reaches a non-root container only
+    through its pod's fsGroup (mode 0440), a group that holds the operator alone.
+    Group write is not: whoever can rewrite the key can sign a forged trail.
+    """
     try:
         info = path.stat()
         key = path.read_bytes().strip()
@@ -53,10 +58,10 @@ def read_key(path: Path) -> bytes:
         raise AuditKeyError(f"--audit-key {path}: {error.strerror}") from None
     if not key:
         raise AuditKeyError(f"--audit-key {path}: the file is empty")
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if info.st_mode & (stat.S_IRWXO | stat.S_IWGRP):
         raise AuditKeyError(
-            f"--audit-key {path}: readable by others (mode {oct(info.st_mode & 0o777)}); "
-            "make it 0600 or 0400"
+            f"--audit-key {path}: open to other users (mode {oct(info.st_mode & 0o777)}); "
+            "make it 0600, 0400 or 0440"
         )
     return key
 

@@ -27,13 +27,13 @@ from controller.agent.deviceplugin.proto import deviceplugin_v1beta1_pb2_grpc as
 from controller.agent.deviceplugin.server import socket_name, unix_channel
 from controller.agent.deviceplugin.simkubelet import SimulatedKubelet
 from controller.agent.inventory import (
-    GPU_RESOURCE,
     DeviceNode,
     Gpu,
     Inventory,
     MigSlice,
     mig_resource,
 )
+from controller.api.names import GPU_RESOURCE
 from controller.devcluster.process import wait_until
 
 MIG_1G = mig_resource("1g.10gb")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 
-from controller.agent.trust import DEVICES_LABEL, OWNER_LABEL, SIGNATURE_LABEL, verify
+from controller.agent.trust import verify
+from controller.api import names
 from tests.agent.enforcehost import KEY
 from tests.agent.gatewayhost import (
     ACCOUNTS,
@@ -32,11 +33,11 @@ def test_forged_owner_labels_are_overwritten_and_signed(gateway: GatewayHost) ->
         "--name",
         "amy-forged",
         "--label",
-        f"{OWNER_LABEL}={ACCOUNTS[BEN]}",
+        f"{names.OWNER}={ACCOUNTS[BEN]}",
         "--label",
-        f"{DEVICES_LABEL}=GPU-00000000-0000-0000-0000-000000000000",
+        f"{names.DEVICES}=GPU-00000000-0000-0000-0000-000000000000",
         "--label",
-        f"{SIGNATURE_LABEL}=deadbeef",
+        f"{names.SIGNATURE}=deadbeef",
         "--label",
         "gpu.ds01.io/workload-type=job",
         "--label",
@@ -49,7 +50,7 @@ def test_forged_owner_labels_are_overwritten_and_signed(gateway: GatewayHost) ->
     assert stamp is not None and stamp.owner == ACCOUNTS[AMY] and stamp.devices == ()
     assert labels["gpu.ds01.io/workload-type"] == "docker"
     assert labels["team"] == "vision"
-    assert labels[SIGNATURE_LABEL] != "deadbeef"
+    assert labels[names.SIGNATURE] != "deadbeef"
 
 
 def test_a_container_without_a_name_gets_one_that_its_signature_binds(

@@ -18,7 +18,6 @@ import pynvml
 import pytest
 
 from controller.agent.inventory import (
-    GPU_RESOURCE,
     DeviceNode,
     GpuProcess,
     Inventory,
@@ -27,6 +26,7 @@ from controller.agent.inventory import (
 )
 from controller.agent.nvml import Nvml, NvmlUnavailableError, profile_name
 from controller.agent.nvml.devnodes import read_majors
+from controller.api.names import GPU_RESOURCE
 from controller.devcluster.fakegpu import MigSpec, ProcSpec, a100_node, build
 from controller.devcluster.fakegpu.devtree import (
     CAPS_MAJOR,

@@ -110,6 +110,11 @@ def outage(rig: Rig, fault: Fault) -> dict[str, Any]:
         "the agent to report after the outage",
     )
     result["agentReportedSeconds"] = round(time.monotonic() - back, 2)
+    # Nobody restarts a replica here (a kubelet would): one that gave up during the
+    # outage is a finding, not a victim for the next kill.
+    result["replicasDownAfter"] = sorted(
+        identity for identity, replica in rig.replicas.items() if not replica.process.alive()
+    )
     return result
 
 

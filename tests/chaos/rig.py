@@ -105,7 +105,8 @@ class Rig:
 
     def kill_replica(self, identity: str) -> None:
         replica = self.replicas[identity]
-        replica.kill()
+        if replica.process.alive():  # one that gave up earlier is a finding of its own
+            replica.kill()
         _forget(self.cluster, replica.process)
 
     def lease(self) -> client.V1LeaseSpec:

@@ -227,6 +227,12 @@ def _check(rig: Rig, plan: Plan, outcome: Outcome, churn: Churn, sampler: Sample
     problems = outcome.problems
     problems["churn operations refused"] = churn.errors
     problems["not converged"] = not_converged(rig, plan)
+    problems["replica gave up during an outage"] = [
+        f"{name} (outage at {f['at']}s)"
+        for f in outcome.faults
+        if f["action"] == "outage"
+        for name in f.get("replicasDownAfter", [])
+    ]
     grants, nodes = _grants(rig), _nodes(rig)
     outcome.states = dict(sorted(_count(g.get("status", {}).get("state") for g in grants).items()))
     seen = {name: [f"at {t}s: {p}" for t, p in found] for name, found in sampler.violations.items()}

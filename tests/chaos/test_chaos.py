@@ -2,7 +2,8 @@
 
 The CI size: 150 grants of churn by 15 users (plus 2 containers holding GPUs
 through everything), 4 operator SIGKILLs at random moments (the leader three
-times in four, kept down 0-6.5 s), the apiserver stopped for 20 s with the agent
+times in four, kept down 0-6.5 s), the apiserver stopped for 20 s (both replicas
+must outlast it; `benchmarks.chaos` runs 60 s and more) with the agent
 SIGKILLed and started again while it is down, and one more agent SIGKILL with
 the apiserver up. The full size (1,000 grants, 100 kills, a 5-minute outage) runs
 through `python -m benchmarks.chaos`, with the same scenario and checks
@@ -79,9 +80,9 @@ def test_grant_churn_survives_operator_kills_an_apiserver_outage_and_agent_resta
     # The Lease changed hands both ways: to the other replica, and back to a restarted one.
     moved = [f["leaderAfter"] != f["victim"] for f in kills if f["role"] == "leader"]
     assert True in moved and False in moved
-    assert [
-        f.get("agentRestartedWithoutApiserver") for f in outcome.faults if f["action"] == "outage"
-    ] == [True]
+    outages = [f for f in outcome.faults if f["action"] == "outage"]
+    assert [f.get("agentRestartedWithoutApiserver") for f in outages] == [True]
+    assert [f["replicasDownAfter"] for f in outages] == [[]]
     problems = outcome.problems
     assert problems["churn operations refused"] == []
     assert problems["not converged"] == []

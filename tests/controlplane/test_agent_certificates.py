@@ -22,6 +22,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from controller.agent.publisher import Publisher
+from controller.api import names
 from controller.devcluster import simnode
 from controller.devcluster.controlplane import LocalCluster
 from controller.devcluster.process import wait_until
@@ -96,12 +97,12 @@ def test_enrolment_issues_the_cluster_signer_a_certificate_that_names_the_node(
     life = credentials.not_after - datetime.now(UTC)
     assert 29 <= life.days <= 30
     # Approved by the admin who enrolled it, and labelled for `kubectl get csr -l`.
-    requests = admin.get("csr", "-l", f"{enrollment.NODE_LABEL}={NODE_A}")["items"]
+    requests = admin.get("csr", "-l", f"{names.AGENT_NODE}={NODE_A}")["items"]
     assert [c["type"] for r in requests for c in r["status"]["conditions"]] == ["Approved"]
     assert requests[0]["spec"]["expirationSeconds"] == 30 * 86400
     # Its RBAC: two bindings by name, owned by the GPUNode (deleting it revokes the agent).
     uid = admin.get("gpunode", NODE_A)["metadata"]["uid"]
-    bindings = admin.get("clusterrolebindings", "-l", f"{enrollment.NODE_LABEL}={NODE_A}")["items"]
+    bindings = admin.get("clusterrolebindings", "-l", f"{names.AGENT_NODE}={NODE_A}")["items"]
     assert sorted(b["roleRef"]["name"] for b in bindings) == list(enrollment.AGENT_ROLES)
     for binding in bindings:
         assert binding["subjects"] == [
@@ -230,7 +231,7 @@ def revoke_and_wait(cluster: LocalCluster, admin: Kube, node: str, *how: str) ->
     admin.kubectl(*how)
 
     def unbound() -> bool:
-        selector = f"{enrollment.NODE_LABEL}={node}"
+        selector = f"{names.AGENT_NODE}={node}"
         return not admin.get("clusterrolebindings", "-l", selector)["items"]
 
     wait_until(unbound, 60, f"{node}'s bindings to be gone")
@@ -242,7 +243,7 @@ def revoke_and_wait(cluster: LocalCluster, admin: Kube, node: str, *how: str) ->
         ("cert-revoked-node", ("delete", "gpunode", "cert-revoked-node")),
         (
             "cert-revoked-binding",
-            ("delete", "clusterrolebinding", "-l", f"{enrollment.NODE_LABEL}=cert-revoked-binding"),
+            ("delete", "clusterrolebinding", "-l", f"{names.AGENT_NODE}=cert-revoked-binding"),
         ),
     ],
     ids=["GPUNode deleted", "bindings deleted"],

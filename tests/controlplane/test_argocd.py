@@ -318,7 +318,7 @@ def test_argocd_overlay_syncs_in_waves_and_the_apiserver_accepts_it(
     assert len(crds) == 4 and policies and rbac
     assert max(crds) < min(policies) and max(rbac) < min(policies)
     assert wave[("ConfigMap", "ds01-admission")] < min(policies)
-    assert max(policies) < wave[("Deployment", "ds01-operator")]
+    assert max(policies) < wave[("StatefulSet", "ds01-operator")]
     assert max(policies) < wave[("DaemonSet", "ds01-agent")]
     for obj in objects:
         if obj["kind"] == "CustomResourceDefinition":
@@ -351,3 +351,18 @@ def test_application_and_project_point_at_the_waved_overlay() -> None:
     assert "/spec/requestedBy" in grant["jsonPointers"]
     allowed = {(k["group"], k["kind"]) for k in project["spec"]["clusterResourceWhitelist"]}
     assert ("apiextensions.k8s.io", "CustomResourceDefinition") in allowed
+
+
+def test_the_project_allows_every_kind_the_overlay_syncs(cluster: LocalCluster) -> None:
+    """Argo CD refuses a sync with a kind the AppProject does not list."""
+    project = yaml.safe_load((ARGOCD / "appproject.yaml").read_text())["spec"]
+    allowed = {
+        (k["group"], k["kind"])
+        for k in project["clusterResourceWhitelist"] + project["namespaceResourceWhitelist"]
+    }
+    text = cluster.kubectl("kustomize", str(ARGOCD / "production")).stdout
+    synced = {
+        (o["apiVersion"].rpartition("/")[0], o["kind"]) for o in yaml.safe_load_all(text) if o
+    }
+    assert synced - allowed == set()
+    assert ("apps", "StatefulSet") in synced

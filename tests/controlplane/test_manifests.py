@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ from controller.devcluster.agentnode import run_dir
 from controller.devcluster.binaries import source_root
 from controller.devcluster.controlplane import LocalCluster
 from controller.devcluster.dockerd import Dockerd
-from controller.devcluster.podnode import overlay
+from controller.devcluster.podnode import audit_key, overlay
 from tests.controlplane.kube import Kube
 
 ROOT = source_root()
@@ -48,7 +49,8 @@ def test_overlay_is_accepted_by_the_apiserver(
 ) -> None:
     objects = render(cluster, overlay)
     kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
-    assert ("Deployment", "ds01-operator") in kinds
+    assert ("StatefulSet", "ds01-operator") in kinds
+    assert ("Service", "ds01-operator") in kinds
     assert ("DaemonSet", "ds01-agent") in kinds
     assert ("CustomResourceDefinition", "gpugrants.gpu.ds01.io") in kinds
     assert ("ClusterRole", "ds01-approver") in kinds
@@ -71,12 +73,48 @@ def test_overlay_is_accepted_by_the_apiserver(
 
 def test_production_pins_an_image_and_bounds_memory(cluster: LocalCluster) -> None:
     objects = {(o["kind"], o["metadata"]["name"]): o for o in render(cluster, "production")}
-    operator = objects[("Deployment", "ds01-operator")]["spec"]["template"]["spec"]["containers"][0]
+    operator = objects[("StatefulSet", "ds01-operator")]["spec"]["template"]["spec"]["containers"][
+        0
+    ]
     agent_pod = objects[("DaemonSet", "ds01-agent")]["spec"]["template"]["spec"]
     assert operator["image"].endswith(":v0.1.0")
     assert operator["resources"]["limits"]["memory"] == "256Mi"
     assert agent_pod["priorityClassName"] == "system-node-critical"
     assert agent_pod["containers"][0]["resources"]["limits"]["memory"] == "128Mi"
+    # The admin's own signing key: production generates none.
+    assert not any(o["kind"] == "Secret" for o in objects.values())
+
+
+@pytest.mark.parametrize("overlay", ["dev", "production"])
+def test_the_operators_audit_trail_is_durable_chained_signed_and_collected(
+    cluster: LocalCluster, overlay: str
+) -> None:
+    """Each replica's trail on its own claim (it follows the pod), signed with the
+    Secret's key, and on stdout for the log collector (issue: nothing lost)."""
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in render(cluster, overlay)}
+    operator = objects[("StatefulSet", "ds01-operator")]["spec"]
+    assert operator["serviceName"] == "ds01-operator"
+    assert objects[("Service", "ds01-operator")]["spec"]["clusterIP"] == "None"
+    assert operator["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Retain"
+    (claim,) = operator["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    pod = operator["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert env["DS01_AUDIT_LOG"]["value"].startswith(mounts[claim["metadata"]["name"]] + "/")
+    # The Lease identity is the pod's stable name, so is the trail's anchor key.
+    assert env["DS01_LEADER_IDENTITY"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert "--audit-stdout" in container["command"]
+    key_arg = next(a for a in container["command"] if a.startswith("--audit-key="))
+    volume = next(v for v in pod["volumes"] if v["name"] == "audit-key")
+    assert key_arg.removeprefix("--audit-key=") == mounts["audit-key"] + "/key"
+    assert volume["secret"]["secretName"] == "ds01-audit-key"
+    # 0440 for the operator's group (fsGroup): what `read_key` accepts, nothing wider.
+    assert volume["secret"]["defaultMode"] == 0o440
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]
+    if overlay == "dev":
+        assert ("Secret", "ds01-audit-key") in objects
 
 
 def test_agent_daemonset_mounts_what_the_agent_needs(cluster: LocalCluster) -> None:
@@ -96,6 +134,7 @@ def test_agent_daemonset_mounts_what_the_agent_needs(cluster: LocalCluster) -> N
     etc = next(v for v in pod["volumes"] if v.get("hostPath", {}).get("path") == "/etc")
     assert etc["hostPath"]["type"] == "Directory"
     assert "--passwd=/host/etc/passwd" in pod["containers"][0]["command"]
+    assert "--audit-stdout" in pod["containers"][0]["command"]  # a copy off the node
     assert pod["hostPID"] is True
     # GPU nodes, found by NFD, by the GPU operator, or labelled by an admin; no others.
     assert selects(pod, {"feature.node.kubernetes.io/pci-10de.present": "true"})
@@ -126,7 +165,7 @@ def test_the_local_overlay_changes_only_what_the_simulated_node_needs(
     dev = {(o["kind"], o["metadata"]["name"]): o for o in render(cluster, "dev")}
     made = {(o["kind"], o["metadata"]["name"]): o for o in render(cluster, local)}
     assert made.keys() == dev.keys()
-    for key in (("DaemonSet", "ds01-agent"), ("Deployment", "ds01-operator")):
+    for key in (("DaemonSet", "ds01-agent"), ("StatefulSet", "ds01-operator")):
         ours, theirs = made[key]["spec"]["template"]["spec"], dev[key]["spec"]["template"]["spec"]
         assert ours["serviceAccountName"] == theirs["serviceAccountName"]
         assert ours.get("securityContext") == theirs.get("securityContext")
@@ -146,6 +185,14 @@ def test_the_local_overlay_changes_only_what_the_simulated_node_needs(
     assert paths["proc"] == "/proc" and paths["cgroup"] == "/sys/fs/cgroup"
     assert paths["device-plugins"] == "/var/lib/kubelet/device-plugins"
     assert all("emptyDir" not in v for v in agent["volumes"] if "hostPath" in v)
+    # No storage provisioner here: the operator's claim gives way to a host directory,
+    # and its signing key is the state directory's own, not the dev overlay's.
+    operator = made[("StatefulSet", "ds01-operator")]["spec"]
+    assert "volumeClaimTemplates" not in operator
+    (audit,) = [v for v in operator["template"]["spec"]["volumes"] if v["name"] == "audit"]
+    assert audit["hostPath"]["path"] == str(tmp_path / "operator-audit")
+    secret = made[("Secret", "ds01-audit-key")]
+    assert base64.b64decode(secret["data"]["key"]) == audit_key(tmp_path).read_bytes()
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,8 @@ OPERATOR_ENV = {
     # Seconds, not minutes, so a test sees a whole reaping cycle (never by sleeping).
     "DS01_LIFECYCLE_INTERVAL": "1s",
     "DS01_USAGE_INTERVAL": "1s",
+    # A checkpoint soon after records come, so its anchor is there to verify against.
+    "DS01_AUDIT_CHECKPOINT_INTERVAL": "1s",
 }
 TEST_AGENT_ARGS = ["--interval=1s", "--enforce-interval=1s"]
 PROBE = r"""

@@ -4,10 +4,13 @@ exactly the identities, security contexts, host paths and probes a lab gets."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 from controller import __version__
-from controller.devcluster import kubelet
+from controller.devcluster import kubelet, podnode
 from controller.devcluster.process import wait_until
 from tests.node.nodeenv import (
     DEADLINE_S,
@@ -53,7 +56,7 @@ def test_the_operator_and_agent_run_as_pods_of_their_workloads_from_the_image(
     node_env: NodeEnv,
 ) -> None:
     for selector, kind in (
-        ("app.kubernetes.io/name=ds01-operator", "ReplicaSet"),
+        ("app.kubernetes.io/name=ds01-operator", "StatefulSet"),
         ("app.kubernetes.io/name=ds01-agent", "DaemonSet"),
     ):
         name = node_env.one_pod(SYSTEM, selector)
@@ -120,3 +123,49 @@ def test_the_agent_writes_its_nodes_status_with_its_pods_bound_token(node_env: N
         if m.get("subresource") == "status"
     }
     assert "ds01-agent" in managers
+
+
+def test_the_operators_trail_is_chained_signed_anchored_and_on_stdout(node_env: NodeEnv) -> None:
+    """The manifests' trail: the pod writes it where its volume is (a host directory
+    here, a PersistentVolumeClaim in a lab), signs it with the Secret's key, anchors
+    it under its pod name, and prints it for the log collector."""
+    name, namespace, user = node_env.account("audit-ann")
+    user.apply(
+        {
+            "apiVersion": "gpu.ds01.io/v1alpha1",
+            "kind": "GPUGrant",
+            "metadata": {"name": "trail", "namespace": namespace},
+            "spec": {
+                "subject": {"kind": "User", "name": name},
+                "gpus": {"count": 1},
+                "duration": "1h",
+                "reason": "audit trail test",
+            },
+        }
+    )
+    pod = node_env.one_pod(SYSTEM, "app.kubernetes.io/name=ds01-operator")
+    assert pod == "ds01-operator-0"  # a StatefulSet's stable name: the anchor's key
+
+    def anchored() -> str | None:
+        found = node_env.admin.kubectl(
+            "get", "configmap", "ds01-audit-anchor", "-n", SYSTEM, "-o", "json", check=False
+        )
+        data = json.loads(found.stdout).get("data") or {} if found.returncode == 0 else {}
+        return data.get(pod)
+
+    wait_until(lambda: anchored() is not None, DEADLINE_S, "the operator pod to anchor its trail")
+    trail = node_env.node.operator_audit_log
+    workdir = node_env.cluster.workdir
+    result = subprocess.run(
+        [sys.executable, "-m", "controller.cli.main", "audit", "verify", "--file", str(trail),
+         "--key-file", str(podnode.audit_key(workdir)), "--anchor-from",
+         "configmap/ds01-system/ds01-audit-anchor", "--kubeconfig", str(node_env.cluster.kubeconfig)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "signed through seq" in result.stdout
+    # The same records on the container's stdout (`kubectl logs`), for a collector.
+    logged = node_env.admin.kubectl("logs", "-n", SYSTEM, pod).stdout
+    records = [json.loads(line) for line in logged.splitlines() if line.startswith('{"')]
+    on_disk = {line["seq"] for line in map(json.loads, trail.read_text().splitlines())}
+    assert {r["seq"] for r in records if "seq" in r and "event_type" in r} & on_disk

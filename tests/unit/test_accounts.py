@@ -16,10 +16,11 @@ from controller.api.account import Account
 from controller.api.accountpolicy import AccountPolicy
 from controller.api.grant import GPUGrantStatus
 from controller.api.kinds import GPUExemption, GPUGrant
+from controller.api.names import GPU_RESOURCE
 from controller.policy.accounts import AccountInputs, AccountSettings, decide
 from controller.policy.effective import effective_limits
 from controller.policy.pods import Pod
-from controller.policy.quota import GPU_RESOURCE, mig_resource
+from controller.policy.quota import mig_resource
 from tests.unit.fixtures import grant, later
 from tests.unit.test_effective import limit
 

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from controller.api import names
 from controller.policy.docker import schemas
-from controller.policy.docker.facts import OWNER_LABEL, Network, PathFacts, Refusal
+from controller.policy.docker.facts import Network, PathFacts, Refusal
 from controller.policy.docker.gojson import decode
 from controller.policy.docker.objects import (
     recheck_devices,
@@ -76,9 +77,9 @@ def test_exec_is_never_privileged_and_runs_as_the_caller_where_host_paths_are() 
 
 def test_volumes_are_plain_local_and_stamped_with_their_creator() -> None:
     out = vet_volume_create(
-        {"Name": "v", "Labels": {OWNER_LABEL: "ben@lab.example", "a": "b"}}, caller=AMY
+        {"Name": "v", "Labels": {names.OWNER: "ben@lab.example", "a": "b"}}, caller=AMY
     )
-    assert out == {"Name": "v", "Labels": {"a": "b", OWNER_LABEL: AMY.owner}}
+    assert out == {"Name": "v", "Labels": {"a": "b", names.OWNER: AMY.owner}}
     for body in (
         {"Name": "v", "DriverOpts": {"type": "none", "o": "bind", "device": "/"}},
         {"Name": "v", "Driver": "nfs"},
@@ -109,7 +110,7 @@ def test_networks_are_plain_bridges_with_engine_chosen_addresses(body: dict[str,
 
 def test_a_plain_network_is_stamped() -> None:
     out = vet_network_create({"Name": "n", "Driver": "bridge"}, caller=AMY)
-    assert isinstance(out, dict) and out["Labels"] == {OWNER_LABEL: AMY.owner}
+    assert isinstance(out, dict) and out["Labels"] == {names.OWNER: AMY.owner}
 
 
 def test_connect_needs_the_caller_s_network_and_container() -> None:

@@ -15,12 +15,15 @@ def command(path: str, kind: str) -> list[str]:
     return list(doc["spec"]["template"]["spec"]["containers"][0]["command"])
 
 
-def test_operator_deployment_command_parses() -> None:
-    argv = command("operator.yaml", "Deployment")
+def test_operator_statefulset_command_parses() -> None:
+    argv = command("operator.yaml", "StatefulSet")
     assert argv[0] == "ds01"
     args = build_parser().parse_args(argv[1:])
     assert args.command == "operator" and args.metrics_port == 8080
     assert args.liveness == "http://0.0.0.0:8081/healthz"
+    # The trail: a copy to stdout, checkpoints signed with the Secret's key.
+    assert args.audit_stdout is True
+    assert str(args.audit_key) == "/etc/ds01/audit-key/key"
 
 
 def test_agent_daemonset_command_parses_and_uses_the_host_mounts() -> None:

@@ -29,7 +29,7 @@ from controller.devcluster.binaries import source_root
 from controller.operator.main import OperatorOptions
 
 MANIFESTS = source_root() / "manifests"
-BINARY = {"Deployment": "operator", "DaemonSet": "agent"}
+BINARY = {"StatefulSet": "operator", "DaemonSet": "agent"}
 
 
 def parsed(argv: list[str], environ: dict[str, str]) -> tuple[Any, dict[str, str]]:

@@ -363,3 +363,27 @@ def test_lifecycle_exemptions_reach_the_nodes_expanded_to_users() -> None:
         plan(world([], None, [group]), later(61)).node_specs["gpu-node-1"].lifecycle_exemptions
         is None
     )
+
+
+def test_a_settled_grant_is_remembered_as_its_stored_status_not_a_copy() -> None:
+    """Memory at scale: once a grant's stored status is what the plan decides, the
+    decision cache holds that very object (one status per grant, not two), and the
+    plan hands it back, so the writer sees at a glance there is nothing to write."""
+    from controller.policy.plan import DecisionCache
+
+    snapshot = world([grant("extra", duration="2h")])
+    for minute in (1, 2, 3):  # approved, then Active: then nothing changes
+        snapshot = settle(snapshot, later(minute))
+    stored = snapshot.grants[0].model_copy(
+        update={
+            "metadata": snapshot.grants[0].metadata.model_copy(update={"resource_version": "9"})
+        }
+    )
+    settled = Snapshot(snapshot.namespaces, snapshot.limits, [stored], [], snapshot.nodes)
+    cache = DecisionCache()
+    first = plan(settled, later(4), cache=cache)
+    again = plan(settled, later(5), cache=cache)
+    assert stored.status is not None and stored.status.state == "Active"
+    assert first.grant_status["u-alice/extra"] is stored.status
+    assert again.grant_status["u-alice/extra"] is stored.status
+    assert plan(settled, later(5)).grant_status == again.grant_status

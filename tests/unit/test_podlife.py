@@ -11,17 +11,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from controller.api.kinds import GPUExemption, GPUNode
+from controller.api.names import (
+    IDLE_CHECKS,
+    IDLE_SINCE,
+    KEEP_ALIVE,
+    LIFECYCLE_STOPPED,
+    LIFECYCLE_WARNED,
+    LIFECYCLE_WARNING,
+)
 from controller.api.ratelimit import GPURateLimitSpec
 from controller.devcluster import simnode
 from controller.policy.effective import NamedLimit
 from controller.policy.lifecycle import LifeState, observe
 from controller.policy.podlife import (
-    IDLE_CHECKS,
-    IDLE_SINCE,
-    KEEP_ALIVE,
-    STOPPED,
-    WARNED,
-    WARNING,
     LifeInputs,
     Owner,
     PodStep,
@@ -145,11 +147,11 @@ def test_an_idle_pod_is_warned_at_80_and_95_percent_then_stopped_once() -> None:
     assert acted[10] == ("stop", ())
     assert [a for a, _ in acted[11:]] == ["restop"] * 4
     warn, stop = steps[8], steps[10]
-    assert warn.annotations[WARNED] == "idle-80"
-    assert "it will be stopped after 10m idle" in (warn.annotations[WARNING] or "")
+    assert warn.annotations[LIFECYCLE_WARNED] == "idle-80"
+    assert "it will be stopped after 10m idle" in (warn.annotations[LIFECYCLE_WARNING] or "")
     assert [e.reason for e in warn.events] == ["IdleWarning"]
     assert warn.audit[0].event_type == "maintenance.idle_warning"
-    assert (stop.annotations[STOPPED] or "").startswith("Idle: idle for 10m")
+    assert (stop.annotations[LIFECYCLE_STOPPED] or "").startswith("Idle: idle for 10m")
     assert stop.events[0].reason == "StoppedIdle" and stop.events[0].type == "Warning"
     assert stop.audit[0].event_type == "maintenance.idle_kill"
     assert stop.stops and steps[-1].stops and not steps[-1].events
@@ -310,9 +312,9 @@ def test_unreadable_or_naive_times_count_as_absent() -> None:
     assert parse_time("tomorrow") is None
     assert parse_time("2026-11-25T12:00:00") is None
     assert parse_time("2026-11-25T12:00:00Z") == T0
-    assert load_state({IDLE_SINCE: "x", IDLE_CHECKS: "y", WARNED: "idle-80"}, T0) == LifeState(
-        warned=frozenset({"idle-80"})
-    )
+    assert load_state(
+        {IDLE_SINCE: "x", IDLE_CHECKS: "y", LIFECYCLE_WARNED: "idle-80"}, T0
+    ) == LifeState(warned=frozenset({"idle-80"}))
     # A hand-edited idle-since in the future is read as now.
     assert load_state({IDLE_SINCE: later(60).isoformat(), IDLE_CHECKS: "3"}, T0).idle_since == T0
 
@@ -367,8 +369,8 @@ def test_a_pod_nobody_owns_is_not_judged_one_the_agent_attributes_is() -> None:
 
 
 def test_what_the_operator_wrote_is_laid_over_a_lagging_cache() -> None:
-    cached = gpu_pod("p", annotations={IDLE_SINCE: T0.isoformat(), WARNING: "old"})
-    written = {IDLE_CHECKS: "2", WARNING: None}
+    cached = gpu_pod("p", annotations={IDLE_SINCE: T0.isoformat(), LIFECYCLE_WARNING: "old"})
+    written = {IDLE_CHECKS: "2", LIFECYCLE_WARNING: None}
     laid = overlaid(cached, written)
     assert laid is not None
     assert laid.annotations == {IDLE_SINCE: T0.isoformat(), IDLE_CHECKS: "2"}

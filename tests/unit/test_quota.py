@@ -7,9 +7,9 @@ from fractions import Fraction
 from hypothesis import given
 from hypothesis import strategies as st
 
+from controller.api.names import GPU_RESOURCE
 from controller.api.ratelimit import Bounds, GPUPolicy, PerWorkloadResources
 from controller.policy.quota import (
-    GPU_RESOURCE,
     allowed_resources,
     equivalent_of,
     limit_range,

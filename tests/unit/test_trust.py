@@ -5,7 +5,8 @@ from __future__ import annotations
 from controller.agent.docker import Container
 from controller.agent.inventory import DeviceNode, Gpu, Inventory, MigSlice
 from controller.agent.scan import allocated, read_passwd
-from controller.agent.trust import OWNER_LABEL, SIGNATURE_LABEL, sign, verify
+from controller.agent.trust import sign, verify
+from controller.api import names
 
 KEY = b"k" * 32
 G0, G1 = "GPU-00000000-0000-4000-8000-000000000000", "GPU-11111111-1111-4111-8111-111111111111"
@@ -31,11 +32,11 @@ def test_signed_labels_verify_and_tampering_fails() -> None:
     stamp = verify(KEY, "train", labels)
     assert stamp is not None and stamp.owner == "alice@lab.example" and stamp.devices == (M1,)
     assert verify(KEY, "other-name", labels) is None  # copied to another container
-    assert verify(KEY, "train", {**labels, OWNER_LABEL: "mallory"}) is None  # owner edited
+    assert verify(KEY, "train", {**labels, names.OWNER: "mallory"}) is None  # owner edited
     assert verify(b"x" * 32, "train", labels) is None  # not the gateway's key
     assert verify(None, "train", labels) is None  # no key configured: trust nothing
-    assert verify(KEY, "train", {OWNER_LABEL: "alice"}) is None  # unsigned (DS01's hole)
-    assert SIGNATURE_LABEL in labels
+    assert verify(KEY, "train", {names.OWNER: "alice"}) is None  # unsigned (DS01's hole)
+    assert names.SIGNATURE in labels
 
 
 def test_allocated_devices_from_requests_mappings_and_the_gateway() -> None:

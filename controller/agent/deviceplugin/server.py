@@ -30,7 +30,7 @@ from controller.agent.deviceplugin.devices import Advertised, DeviceTable, Unkno
 from controller.agent.deviceplugin.preferred import preferred
 from controller.agent.deviceplugin.proto import deviceplugin_v1beta1_pb2 as pb
 from controller.agent.deviceplugin.proto import deviceplugin_v1beta1_pb2_grpc as pb_grpc
-from controller.agent.inventory import MIG_RESOURCE_PREFIX
+from controller.api import names
 
 log = structlog.get_logger("ds01.agent.deviceplugin")
 
@@ -47,8 +47,8 @@ def socket_name(resource: str) -> str:
 
     The `ds01-` prefix keeps it apart from other vendors' plugins in the shared directory.
     """
-    if resource.startswith(MIG_RESOURCE_PREFIX):
-        return f"ds01-mig-{resource[len(MIG_RESOURCE_PREFIX) :]}.sock"
+    if resource.startswith(names.MIG_RESOURCE_PREFIX):
+        return f"ds01-mig-{resource[len(names.MIG_RESOURCE_PREFIX) :]}.sock"
     return f"ds01-{resource.rsplit('/', 1)[-1]}.sock"
 
 

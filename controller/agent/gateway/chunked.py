@@ -37,6 +37,10 @@ class ChunkScanner:
         at = 0
         end = len(data)
         while at < end and not self.done:
+            if self.state == "size" and not self.line:
+                at = self._whole_chunks(data, at, end)
+                if at == end:
+                    break
             if self.state == "data":
                 step = min(self.remaining, end - at)
                 self.remaining -= step
@@ -56,18 +60,56 @@ class ChunkScanner:
             self.line.clear()
         return at
 
+    @staticmethod
+    def _whole_chunks(data: bytes, at: int, end: int) -> int:
+        """Skip the chunks that lie whole in ``data`` from ``at``; where the rest begins.
+
+        The fast path: a `logs -f` chunk is one log line (about 100 bytes), and
+        the state machine's steps per chunk cost more than the rest of the relay.
+        The last chunk, a long or partial size line and a partial chunk are left
+        to the state machine, which reads that size line again.
+        """
+        find = data.find
+        while True:
+            newline = find(b"\n", at)
+            if newline < 0 or newline + 1 - at > SIZE_LINE_LIMIT:
+                return at
+            line = data[at : newline + 1]
+            size = _KNOWN_SIZES.get(line)
+            if size is None:
+                size = _chunk_size(line)
+                if len(line) <= KNOWN_LINE_LIMIT and len(_KNOWN_SIZES) < KNOWN_SIZES_LIMIT:
+                    _KNOWN_SIZES[line] = size
+            after = newline + 1 + size + 2  # the data and its CRLF
+            if size == 0 or after > end:
+                return at
+            at = after
+
     def _line(self, line: bytes) -> None:
         if self.state == "trailer":
             self.done = line in (b"\r\n", b"\n")
             return
-        try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise HttpError(f"bad chunk size line {line[:40]!r}") from None
+        size = _chunk_size(line)
         if size == 0:
             self.state = "trailer"
         else:
             self.state, self.remaining = "data", size + 2  # the data and its CRLF
+
+
+def _chunk_size(line: bytes) -> int:
+    try:
+        size = int(line.split(b";", 1)[0].strip(), 16)
+    except ValueError:
+        size = -1
+    if size < 0:
+        raise HttpError(f"bad chunk size line {line[:40]!r}")
+    return size
+
+
+KNOWN_SIZES_LIMIT = 4096
+KNOWN_LINE_LIMIT = 24
+_KNOWN_SIZES: dict[bytes, int] = {}
+"""Size lines already read: a stream's lines repeat few lengths, and a lookup costs less."""
 
 
 async def relay_chunked_response(

@@ -21,6 +21,7 @@ from controller.agent.gateway import hostfacts
 from controller.agent.gateway.allocator import Tally
 from controller.agent.gateway.proxy import Call, Session
 from controller.agent.trust import sign
+from controller.api import names
 from controller.api.ratelimit import GPUPolicy
 from controller.policy.docker import schemas
 from controller.policy.docker.create import (
@@ -31,7 +32,7 @@ from controller.policy.docker.create import (
     over_workloads,
     vet_create,
 )
-from controller.policy.docker.facts import OWNER_LABEL, Facts, Reference, Refusal, Rules
+from controller.policy.docker.facts import Facts, Reference, Refusal, Rules
 from controller.policy.effective import EffectiveLimits
 from controller.policy.gpuchoice import Chosen, Entitlement, NoDevices, choose
 from controller.policy.lifecycle import rules_for
@@ -93,7 +94,7 @@ async def _make_volumes(session: Session, plan: CreatePlan) -> Refusal | None:
     engine, owner = session.core.engine, session.identity.caller.owner
     for name in plan.volumes:
         status, _ = await engine.json(
-            "POST", "/volumes/create", {"Name": name, "Labels": {OWNER_LABEL: owner}}
+            "POST", "/volumes/create", {"Name": name, "Labels": {names.OWNER: owner}}
         )
         volume = await engine.volume(name)
         if status >= 300 or volume.owner != owner:  # someone else's, created meanwhile

@@ -26,7 +26,8 @@ from controller.agent.gateway.http import (
     response_framing,
 )
 from controller.agent.trust import verify
-from controller.policy.docker.facts import OWNER_LABEL, Network, Volume
+from controller.api import names
+from controller.policy.docker.facts import Network, Volume
 
 RESPONSE_LIMIT = 256 << 20
 """Largest answer the gateway reads whole (a listing of every container on a busy host)."""
@@ -181,7 +182,7 @@ class Engine:
         return Volume(
             str(data.get("Name") or name),
             exists=True,
-            owner=labels.get(OWNER_LABEL),
+            owner=labels.get(names.OWNER),
             driver=str(data.get("Driver") or ""),
         )
 
@@ -198,7 +199,7 @@ class Engine:
             str(data.get("Id") or ""),
             str(data.get("Name") or ""),
             str(data.get("Driver") or ""),
-            labels.get(OWNER_LABEL),
+            labels.get(names.OWNER),
         )
 
     async def exec_container(self, exec_id: str) -> str | None:

@@ -28,9 +28,10 @@ from controller.agent.gateway.create import create, rules
 from controller.agent.gateway.engine import Owned
 from controller.agent.gateway.http import LAST_CHUNK, body_chunks, chunk, response_framing
 from controller.agent.gateway.proxy import Call, Session
+from controller.api import names
 from controller.policy.docker import schemas
 from controller.policy.docker.create import check_bind
-from controller.policy.docker.facts import OWNER_LABEL, Network, Refusal
+from controller.policy.docker.facts import Network, Refusal
 from controller.policy.docker.objects import (
     BUILD_NETWORKS,
     recheck_devices,
@@ -332,7 +333,7 @@ async def list_containers(session: Session, call: Call) -> bool:
 
 
 def _owned_label(session: Session, labels: Any) -> bool:
-    return isinstance(labels, dict) and labels.get(OWNER_LABEL) == session.identity.caller.owner
+    return isinstance(labels, dict) and labels.get(names.OWNER) == session.identity.caller.owner
 
 
 def _visible_network(session: Session, entry: Mapping[str, Any]) -> bool:

@@ -12,6 +12,7 @@ import argparse
 from datetime import UTC, datetime
 from typing import Any
 
+from controller.api import names
 from controller.api.base import GROUP, VERSION
 from controller.api.kinds import GPUGrant
 from controller.cli.ds01 import views
@@ -35,7 +36,6 @@ def _find(args: argparse.Namespace) -> tuple[Session, GPUGrant]:
     return session, session.find_grant(args.grant, args.namespace)
 
 
-EXTENSION_NOTE = f"{GROUP}/extension-note"
 """Why an approver extended the grant (informational: the window itself is in spec)."""
 
 
@@ -109,7 +109,7 @@ def extend(args: argparse.Namespace) -> int:
     # expiresAt is absolute; the start stays what it was (the creation time when unset).
     spec: dict[str, Any] = {"duration": None, "expiresAt": end.isoformat().replace("+00:00", "Z")}
     # The approval (and its note) is frozen once given: the extension's note is an annotation.
-    note = {EXTENSION_NOTE: f"until {stamp(end)}: {args.note}"} if args.note else None
+    note = {names.EXTENSION_NOTE: f"until {stamp(end)}: {args.note}"} if args.note else None
     _patch(session, grant, spec, note)
     Terminal.detect().print(f"{_label(grant)} now ends {stamp(end)}")
     return OK
@@ -161,7 +161,7 @@ def register(commands: Any) -> None:
     until = p.add_mutually_exclusive_group(required=True)
     until.add_argument("--by", help="how much longer, e.g. 24h")
     until.add_argument("--until", help="the new end, e.g. 2026-06-01T12:00Z")
-    p.add_argument("--note", help=f"why (kept in the grant's annotation {EXTENSION_NOTE})")
+    p.add_argument("--note", help=f"why (kept in the grant's annotation {names.EXTENSION_NOTE})")
     p.set_defaults(run=extend)
     p = commands.add_parser(
         "pending",

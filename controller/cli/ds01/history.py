@@ -12,6 +12,7 @@ import argparse
 from datetime import UTC, datetime
 from typing import Any
 
+from controller.api import names
 from controller.api.accountpolicy import COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 from controller.cli.ds01.common import (
     OK,
@@ -71,7 +72,7 @@ def records(
     session: Session, namespace: str | None, since: datetime, until: datetime
 ) -> list[uh.MonthRecord]:
     months = uh.months_between(since, until)
-    selector = f"{COMPONENT_LABEL}={uh.COMPONENT},{uh.MONTH_LABEL} in ({','.join(months)})"
+    selector = f"{COMPONENT_LABEL}={uh.COMPONENT},{names.USAGE_MONTH} in ({','.join(months)})"
     if namespace is None:
         found = session.core.list_config_map_for_all_namespaces(label_selector=selector)
     else:

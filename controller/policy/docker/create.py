@@ -20,11 +20,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from controller.api import names
 from controller.api.ratelimit import WorkloadType
 from controller.policy.docker.facts import (
-    KEEP_ALIVE_LABEL,
-    LABEL_PREFIX,
-    TYPE_LABEL,
     Caller,
     Facts,
     Needs,
@@ -605,13 +603,13 @@ def _labels(config: Mapping[str, Any], now: datetime) -> tuple[dict[str, str], R
     """The user's labels without `gpu.ds01.io/*` (keep-alive kept when it is a time)."""
     kept: dict[str, str] = {}
     for key, value in _d(config.get("Labels")).items():
-        if not str(key).startswith(LABEL_PREFIX):
+        if not str(key).startswith(names.PREFIX):
             kept[str(key)] = str(value)
-        elif key == KEEP_ALIVE_LABEL:
+        elif key == names.KEEP_ALIVE:
             if not _TIME.match(str(value)):
                 return kept, Refusal(
                     "--label",
-                    f"--label {KEEP_ALIVE_LABEL}={value}: give an RFC 3339 time such as "
+                    f"--label {names.KEEP_ALIVE}={value}: give an RFC 3339 time such as "
                     f"{now.replace(microsecond=0).isoformat()}",
                 )
             kept[str(key)] = str(value)
@@ -691,7 +689,7 @@ def vet_create(
     if refused is not None:
         return refused
     kind = workload_type(name, labels)
-    labels[TYPE_LABEL] = kind
+    labels[names.WORKLOAD_TYPE] = kind
     host.pop("DeviceRequests", None)
     if rules.runtime:
         host["Runtime"] = rules.runtime

@@ -5,13 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-LABEL_PREFIX = "gpu.ds01.io/"
-KEEP_ALIVE_LABEL = f"{LABEL_PREFIX}keep-alive"
-"""The one `gpu.ds01.io/` label a user sets: a bounded opt-out of idle reaping."""
-TYPE_LABEL = f"{LABEL_PREFIX}workload-type"
-OWNER_LABEL = f"{LABEL_PREFIX}owner"
-"""Owner of a volume or network (containers carry signed labels instead)."""
-
 PathKind = Literal["char", "block", "dir", "file", "socket", "missing", "other"]
 
 

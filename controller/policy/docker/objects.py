@@ -10,10 +10,9 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from controller.api import names
 from controller.policy.docker.create import NAME, check_device, check_user
 from controller.policy.docker.facts import (
-    LABEL_PREFIX,
-    OWNER_LABEL,
     Caller,
     Network,
     PathFacts,
@@ -121,8 +120,8 @@ def recheck_devices(
 
 
 def _stamp(labels: Any, caller: Caller) -> dict[str, str]:
-    kept = {str(k): str(v) for k, v in _d(labels).items() if not str(k).startswith(LABEL_PREFIX)}
-    kept[OWNER_LABEL] = caller.owner
+    kept = {str(k): str(v) for k, v in _d(labels).items() if not str(k).startswith(names.PREFIX)}
+    kept[names.OWNER] = caller.owner
     return kept
 
 
