@@ -285,7 +285,7 @@ def test_monitoring_kustomization_carries_the_rules_dashboard_and_scrape(
     for manifest in ("operator.yaml", "agent.yaml"):
         text = (source_root() / "manifests" / "base" / manifest).read_text()
         workload = next(
-            o for o in yaml.safe_load_all(text) if o and o["kind"] in ("Deployment", "DaemonSet")
+            o for o in yaml.safe_load_all(text) if o and o["kind"] in ("StatefulSet", "DaemonSet")
         )
         template = workload["spec"]["template"]
         assert template["metadata"]["labels"]["app.kubernetes.io/name"] in selected
