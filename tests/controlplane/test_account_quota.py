@@ -253,7 +253,16 @@ def test_overuse_from_a_race_between_quota_lines_is_detected_and_reported(
     )
     message = condition(doc, "OverUse")["message"]
     assert "your pods request 1.286 GPU-equivalents but your allowance is 1" in message
-    assert "Delete GPU pods to get back within it (the newest: slice)" in message
+    # The newest pod by creation time; creation times have whole seconds, so when both
+    # were created within one second either may be named.
+    created = {
+        name: kube.get("pod", name, "-n", namespace)["metadata"]["creationTimestamp"]
+        for name in ("whole", "slice")
+    }
+    newest = {name for name, at in created.items() if at == max(created.values())}
+    named = message.split("(the newest: ", 1)[1].split(")", 1)[0]
+    assert "Delete GPU pods to get back within it (the newest: " in message
+    assert named in newest, (named, created)
     [event] = wait_event(kube, namespace, "QuotaOverUse")
     assert event["type"] == "Warning" and event["involvedObject"]["name"] == "ds01-policy"
     wait_until(
