@@ -92,7 +92,14 @@ def test_a_kubelet_restart_keeps_running_pods_and_the_plugin_registers_again(
         "the GPUs to be allocatable again",
     )
     # The running pod kept its device and its process; nothing restarted.
-    assert [e.device_ids for e in node_env.pod_devices(namespace, "before")] == [(first.uuid,)]
+    # PodResources answers from the restarted kubelet's checkpoint once it has read it.
+    wait_until(
+        lambda: (
+            [e.device_ids for e in node_env.pod_devices(namespace, "before")] == [(first.uuid,)]
+        ),
+        DEADLINE_S,
+        "the restarted kubelet to report the running pod's device",
+    )
     assert Path(f"/proc/{pid}").exists()
     assert node_env.restarts(namespace, "before") == 0
     # A new pod gets another GPU.
